@@ -1,0 +1,241 @@
+"""The adversarial bank: K persistent perturbations per training example, addressed by dataset index.
+
+The bank stores ``delta = x_adv - x`` rather than ``x_adv``: delta is bounded by eps, so it quantises to int8 (one byte
+per input value, a uniform grid of step eps/127 over [-eps, eps]) or float16 without meaningful loss. Whatever the
+storage dtype, after every write each stored delta (as read back) lies in the threat ball and ``x + delta`` in
+[0, 1] (up to float32 rounding, 1e-6): values that rounding would push outside are rounded toward zero instead,
+which stays feasible because the feasible set of each coordinate is an interval containing both 0 and delta.
+
+Chains start lazily on their first read, either clean (delta = 0) or uniformly in the ball; the first read is
+when ``x`` is known, so a uniform start can be clipped to the image box. Reading never changes the stored values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import BankMismatchError, ConfigError
+from .threat import ThreatModel
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+INITS = ("zero", "uniform")
+_INT8_LEVELS = 127
+
+
+class AdversarialBank:
+    """Persistent store of ``copies`` perturbations for each of ``num_examples`` inputs of shape ``shape``.
+
+    Args:
+        num_examples: size of the training set; rows are addressed by the dataset index of each example.
+        shape: shape of one input (e.g. ``(1, 28, 28)``).
+        threat: the :class:`ThreatModel` whose ball every stored delta lies in.
+        copies: K, the number of chains per example. With K > 1 each read picks one copy at random.
+        dtype: storage dtype, one of ``float32``, ``float16``, ``int8`` (quantised over [-eps, eps]).
+        init: ``zero`` (start from the clean input) or ``uniform`` (uniform in the ball, clipped to [0, 1]).
+        device: where the storage lives (default CPU; put it on the GPU when it fits).
+        path: if given, the storage is a memory-mapped file at this path (for banks larger than RAM).
+        seed: seed of the bank's own generator (copy choice and uniform initialisation).
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        shape: tuple[int, ...],
+        threat: ThreatModel,
+        *,
+        copies: int = 1,
+        dtype: str = "float32",
+        init: str = "zero",
+        device: str | torch.device = "cpu",
+        path: str | os.PathLike | None = None,
+        seed: int = 0,
+    ):
+        if int(num_examples) <= 0:
+            raise ConfigError(f"num_examples must be a positive integer, got {num_examples!r}")
+        if int(copies) <= 0:
+            raise ConfigError(f"copies (K) must be a positive integer, got {copies!r}")
+        if dtype not in DTYPES:
+            raise ConfigError(f"bank dtype {dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+        if init not in INITS:
+            raise ConfigError(f"bank init {init!r} is not supported; accepted: {', '.join(INITS)}")
+        if not isinstance(threat, ThreatModel):
+            raise ConfigError(f"threat must be a ThreatModel, got {type(threat).__name__}")
+        self.num_examples = int(num_examples)
+        self.shape = tuple(int(s) for s in shape)
+        self.threat = threat
+        threat.check_input_dim(math.prod(self.shape))
+        self.copies = int(copies)
+        self.dtype = dtype
+        self.init = init
+        self.path = None if path is None else os.fspath(path)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        full = (self.num_examples, self.copies) + self.shape
+        if self.path is None:
+            self.storage = torch.zeros(full, dtype=DTYPES[dtype], device=device)
+        else:
+            np_dtype = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[dtype]
+            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np_dtype, shape=full)
+            self.storage = torch.from_numpy(mm)
+        self.initialized = torch.zeros(self.num_examples, self.copies, dtype=torch.bool, device=self.storage.device)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the stored perturbations and the initialisation flags."""
+        return self.storage.numel() * self.storage.element_size() + self.initialized.numel()
+
+    def __repr__(self) -> str:
+        return (
+            f"AdversarialBank(n={self.num_examples}, K={self.copies}, shape={self.shape}, {self.threat.norm} "
+            f"eps={self.threat.eps:g}, dtype={self.dtype}, init={self.init}, {self.memory_bytes / 2**20:.1f} MiB)"
+        )
+
+    # ------------------------------------------------------------------ quantisation
+    @property
+    def _scale(self) -> float:
+        return self.threat.eps / _INT8_LEVELS
+
+    def _encode(self, delta: torch.Tensor) -> torch.Tensor:
+        if self.dtype == "float32":
+            return delta.float()
+        if self.dtype == "float16":
+            return delta.half()
+        return torch.round(delta / self._scale).clamp(-_INT8_LEVELS, _INT8_LEVELS).to(torch.int8)
+
+    def _decode(self, stored: torch.Tensor) -> torch.Tensor:
+        if self.dtype == "int8":
+            return stored.float() * self._scale
+        return stored.float()
+
+    def _toward_zero(self, stored: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Move the masked entries of ``stored`` one representable step toward zero."""
+        if self.dtype == "int8":
+            return torch.where(mask, stored - stored.sign(), stored)
+        if self.dtype == "float16":
+            bits = stored.view(torch.int16)
+            return torch.where(mask, bits - 1, bits).view(torch.float16)
+        return torch.where(mask, torch.nextafter(stored, torch.zeros_like(stored)), stored)
+
+    def _quantise_feasible(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Encode a feasible ``delta`` so that its decoded value is still feasible."""
+        stored = self._encode(delta)
+        for _ in range(4):  # one step toward zero always suffices; the loop guards float corner cases
+            deq = self._decode(stored)
+            bad = (deq < -x) | (deq > 1.0 - x)
+            if self.threat.norm == "linf":
+                bad |= deq.abs() > self.threat.eps
+            else:
+                over = ~self.threat.contains(deq, atol=0.0)
+                bad |= over.view(-1, *([1] * (deq.dim() - 1))) & (deq.abs() > delta.abs())
+            bad &= deq.abs() > 0
+            if not bool(bad.any()):
+                break
+            stored = self._toward_zero(stored, bad)
+        return stored
+
+    # ------------------------------------------------------------------ read / write
+    def _check_index(self, idx: torch.Tensor) -> torch.Tensor:
+        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ConfigError(f"bank indices must be an integer tensor of dataset indices, got {type(idx).__name__}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_examples):
+            raise ConfigError(
+                f"bank index out of range: got [{int(idx.min())}, {int(idx.max())}], the bank holds "
+                f"{self.num_examples} examples (indices 0..{self.num_examples - 1})"
+            )
+        return idx.long().to(self.storage.device)
+
+    def _check_batch(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != self.shape or x.shape[0] != idx.numel():
+            raise ConfigError(
+                f"batch of shape {tuple(x.shape)} with {idx.numel()} indices does not fit a bank of inputs "
+                f"shaped {self.shape}"
+            )
+
+    def sample_copies(self, n: int) -> torch.Tensor:
+        """Which copy to use for each of ``n`` examples (all zeros when K = 1)."""
+        if self.copies == 1:
+            return torch.zeros(n, dtype=torch.long)
+        return torch.randint(self.copies, (n,), generator=self.generator)
+
+    def read(self, idx: torch.Tensor, x: torch.Tensor, copy: torch.Tensor | None = None):
+        """Return ``(delta, copy)`` for the examples ``idx`` with clean inputs ``x`` (delta on x's device, float32).
+
+        Copies never written before start here (``zero`` or ``uniform`` in the ball); a start is stored by the next
+        :meth:`write` of that copy, so reading alone never changes the bank.
+        """
+        idx = self._check_index(idx)
+        self._check_batch(x, idx)
+        copy = self.sample_copies(idx.numel()) if copy is None else copy.long()
+        copy = copy.to(self.storage.device)
+        delta = self._decode(self.storage[idx, copy]).to(device=x.device, dtype=x.dtype)
+        fresh = ~self.initialized[idx, copy]
+        if self.init == "uniform" and bool(fresh.any()):
+            xf = x[fresh.to(x.device)]
+            cpu_gen_x = torch.empty(xf.shape, dtype=xf.dtype)
+            start = self.threat.uniform(cpu_gen_x.copy_(xf.detach().cpu()), generator=self.generator)
+            delta[fresh.to(x.device)] = start.to(device=x.device, dtype=x.dtype)
+        return delta, copy
+
+    @torch.no_grad()
+    def write(self, idx: torch.Tensor, copy: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> None:
+        """Store ``delta`` for examples ``idx`` (copy ``copy``), after projecting it onto the ball and the box."""
+        idx = self._check_index(idx)
+        self._check_batch(x, idx)
+        if delta.shape != x.shape:
+            raise ConfigError(f"delta of shape {tuple(delta.shape)} does not match inputs of shape {tuple(x.shape)}")
+        x32 = x.detach().float().to(self.storage.device)
+        d32 = self.threat.project(delta.detach().float().to(self.storage.device))
+        d32 = (x32 + d32).clamp(0.0, 1.0) - x32
+        stored = self._quantise_feasible(d32, x32)
+        copy = copy.long().to(self.storage.device)
+        self.storage[idx, copy] = stored
+        self.initialized[idx, copy] = True
+
+    def reset(self) -> None:
+        """Forget every stored perturbation (all rows re-initialise on their next read)."""
+        self.storage.zero_()
+        self.initialized.zero_()
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "num_examples": self.num_examples,
+            "copies": self.copies,
+            "shape": list(self.shape),
+            "norm": self.threat.norm,
+            "eps": self.threat.eps,
+            "dtype": self.dtype,
+            "init": self.init,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "metadata": self.metadata(),
+            "storage": self.storage.detach().cpu().clone(),
+            "initialized": self.initialized.cpu().clone(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a bank; refuses (and leaves this bank untouched) if shape, K, norm, eps or dtype differ."""
+        meta = state.get("metadata", {})
+        mine = self.metadata()
+        diffs = []
+        for key in ("num_examples", "copies", "shape", "norm", "dtype"):
+            if list(meta.get(key)) != list(mine[key]) if key == "shape" else meta.get(key) != mine[key]:
+                diffs.append(f"{key}: stored {meta.get(key)!r}, this run {mine[key]!r}")
+        if meta.get("eps") is None or not math.isclose(float(meta["eps"]), mine["eps"], rel_tol=1e-9, abs_tol=0.0):
+            diffs.append(f"eps: stored {meta.get('eps')!r}, this run {mine['eps']!r}")
+        if diffs:
+            raise BankMismatchError(
+                "the stored adversarial bank does not match this run (" + "; ".join(diffs) + "). Resume with the "
+                "settings the bank was made with, or start a new run directory; the stored bank was left as it is."
+            )
+        self.storage.copy_(state["storage"].to(self.storage.device))
+        self.initialized.copy_(state["initialized"].to(self.initialized.device))
+        self.generator.set_state(state["generator"])

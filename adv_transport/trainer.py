@@ -1,0 +1,306 @@
+"""The training loop shared by ATL and every baseline; they differ only in their inner step
+(:mod:`adv_transport.methods`).
+
+Per batch ``(x, y, idx)``: draw augmentation parameters (if any) for this visit, let the method perturb the batch
+(ATL reads delta from its bank by ``idx`` and runs the Langevin sampler), take one optimizer step on the perturbed
+batch (plus ``clean_weight`` times the clean loss, if set), then let the method commit (ATL writes delta back).
+The loop counts input-gradient and parameter-gradient evaluations (one per example per backward pass), logs one JSON
+line per epoch, and checkpoints atomically so that a killed run resumes bit-identically on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .augment import Augmented, RandomCropFlip
+from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_states, set_rng_states
+from .errors import ConfigError, MissingIndexError, NonFiniteLossError
+from .methods import InnerStep
+from .threat import check_unit_range
+
+SCHEDULER_STEPS = ("batch", "epoch")
+
+
+class Trainer:
+    """Adversarial training with any inner step, optimizer and LR scheduler.
+
+    Args:
+        model: the classifier (inputs in [0, 1], logits out).
+        optimizer: any ``torch.optim.Optimizer`` over the model's parameters.
+        method: the inner step (:class:`~adv_transport.methods.ATL`, ``PGD``, ``FGSMRS``, ``NFGSM``, ``Clean``).
+        scheduler: optional LR scheduler, stepped after every batch (``scheduler_step='batch'``) or epoch.
+        clean_weight: weight of an added clean cross-entropy term (0 = adversarial loss only).
+        augment: optional :class:`~adv_transport.augment.RandomCropFlip`, applied after adding delta.
+        run_dir: folder for ``checkpoint.pt`` and ``log.jsonl`` (nothing is written when None).
+        checkpoint_every: also checkpoint every this many steps inside an epoch (0 = at epoch ends only).
+        eval_fn: ``eval_fn(model) -> dict`` run after each epoch (e.g. clean and PGD accuracy on held-out data).
+        progress: show a tqdm progress bar.
+        config: a JSON-serialisable description of the run, stored in checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        method: InnerStep,
+        *,
+        scheduler: Any = None,
+        scheduler_step: str = "batch",
+        clean_weight: float = 0.0,
+        augment: RandomCropFlip | None = None,
+        run_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
+        eval_fn: Callable[[nn.Module], dict] | None = None,
+        progress: bool = True,
+        config: dict | None = None,
+    ):
+        if scheduler_step not in SCHEDULER_STEPS:
+            raise ConfigError(f"scheduler_step {scheduler_step!r} not accepted; accepted: {', '.join(SCHEDULER_STEPS)}")
+        if not (math.isfinite(clean_weight) and clean_weight >= 0):
+            raise ConfigError(f"clean_weight must be a finite number >= 0, got {clean_weight!r}")
+        if not isinstance(method, InnerStep):
+            raise ConfigError(f"method must be an adv_transport.methods.InnerStep, got {type(method).__name__}")
+        self.model = model
+        self.optimizer = optimizer
+        self.method = method
+        self.scheduler = scheduler
+        self.scheduler_step = scheduler_step
+        self.clean_weight = float(clean_weight)
+        self.augment = augment
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint_every = int(checkpoint_every)
+        self.eval_fn = eval_fn
+        self.progress = progress
+        self.config = dict(config or {})
+        # progress state (all of it goes into checkpoints)
+        self.epoch = 0
+        self.step = 0  # next step to run within self.epoch
+        self.counts = {"input_grad_evals": 0, "param_grad_evals": 0, "examples": 0}
+        self.elapsed = 0.0  # training seconds (evaluation excluded)
+        self.eval_seconds = 0.0
+        self.history: list[dict] = []
+        self._epoch_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "log.jsonl"
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "adv_transport.checkpoint/1",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "method_info": self.method.describe(),
+            "rng": rng_states(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "counts": dict(self.counts),
+            "elapsed": self.elapsed,
+            "eval_seconds": self.eval_seconds,
+            "history": list(self.history),
+            "epoch_stats": dict(self._epoch_stats),
+            "config": self.config,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        if self.checkpoint_path is None:
+            return None
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteLossError(
+                    f"parameter {name!r} is not finite at epoch {self.epoch} step {self.step}; the checkpoint was not "
+                    f"overwritten (last good one: {self.checkpoint_path})",
+                    epoch=self.epoch,
+                    step=self.step,
+                    checkpoint=str(self.checkpoint_path),
+                )
+        return atomic_save(self.state_dict(), self.checkpoint_path)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint. The bank is checked first, so a mismatching one raises before anything changes."""
+        stored = state.get("method_info", {}).get("method")
+        if stored != self.method.name:
+            raise ConfigError(f"checkpoint was trained with method {stored!r}, this run uses {self.method.name!r}")
+        self.method.load_state_dict(state["method"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.counts = dict(state["counts"])
+        self.elapsed = float(state["elapsed"])
+        self.eval_seconds = float(state.get("eval_seconds", 0.0))
+        self.history = list(state["history"])
+        self._epoch_stats = dict(state["epoch_stats"])
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Resume from ``path`` (default: this run's checkpoint). Returns False when there is none to resume."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None or not (path.is_file() or (path.is_dir() and (path / "checkpoint.pt").is_file())):
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        if self.log_path is not None:  # the log holds exactly the epochs the checkpoint knows
+            atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.log_path)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def _batches(self, batches, epoch: int, start_step: int):
+        if hasattr(batches, "iterate"):
+            yield from batches.iterate(epoch, start_step)
+            return
+        if hasattr(batches, "set_epoch"):
+            batches.set_epoch(epoch)
+        if hasattr(getattr(batches, "sampler", None), "set_epoch"):
+            batches.sampler.set_epoch(epoch)
+        for i, batch in enumerate(batches):
+            if i >= start_step:
+                yield batch
+
+    @staticmethod
+    def _unpack(batch, epoch: int, step: int):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 3:
+            n = len(batch) if isinstance(batch, (tuple, list)) else type(batch).__name__
+            raise MissingIndexError(
+                f"epoch {epoch} step {step}: the loader yielded a batch of {n} items; the trainer needs (x, y, idx) "
+                "with idx the dataset index of each example (the bank is addressed by it). Wrap your dataset in "
+                "adv_transport.data.IndexedDataset or return the index from __getitem__."
+            )
+        x, y, idx = batch
+        if (
+            not isinstance(idx, torch.Tensor)
+            or idx.dim() != 1
+            or idx.numel() != x.shape[0]
+            or torch.is_floating_point(idx)
+        ):
+            raise MissingIndexError(
+                f"epoch {epoch} step {step}: the third item of each batch must be a 1-d integer tensor of {x.shape[0]} "
+                f"dataset indices, got {type(idx).__name__} {tuple(getattr(idx, 'shape', ()))}"
+            )
+        return x, y, idx
+
+    def _train_step(self, x, y, idx, t: float) -> tuple[float, int]:
+        model = self.model
+        view = model
+        if self.augment is not None:
+            view = Augmented(model, self.augment.sample(x), self.augment.padding)
+        x_adv = self.method.perturb(view, x, y, idx, t)
+        model.train()
+        logits = view(x_adv)
+        loss = F.cross_entropy(logits, y)
+        if self.clean_weight > 0:
+            loss = loss + self.clean_weight * F.cross_entropy(view(x), y)
+        loss_value = loss.detach()
+        if not torch.isfinite(loss_value):
+            self.method.discard()
+            ckpt = str(self.checkpoint_path) if self.checkpoint_path and self.checkpoint_path.is_file() else None
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss_value.item()}) at epoch {self.epoch} step {self.step}; stopped "
+                "before the parameter and bank updates of that step. "
+                f"Last good checkpoint: {ckpt or 'none written yet'}. "
+                "Lower the learning rate or the Langevin step size, then resume.",
+                epoch=self.epoch,
+                step=self.step,
+                checkpoint=ckpt,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.method.commit()
+        if self.scheduler is not None and self.scheduler_step == "batch":
+            self.scheduler.step()
+        b = x.shape[0]
+        self.counts["input_grad_evals"] += b * self.method.input_grad_passes
+        self.counts["param_grad_evals"] += b * (2 if self.clean_weight > 0 else 1)
+        self.counts["examples"] += b
+        return float(loss.detach()) * b, int((logits.argmax(1) == y).sum())
+
+    def fit(self, batches, epochs: int, eval_fn: Callable[[nn.Module], dict] | None = None) -> list[dict]:
+        """Train until ``epochs`` epochs are done (continuing from the current epoch/step after :meth:`resume`)."""
+        eval_fn = eval_fn or self.eval_fn
+        try:
+            steps_per_epoch = len(batches)
+        except TypeError:
+            steps_per_epoch = None
+        if steps_per_epoch == 0:
+            raise MissingIndexError("the loader yields no batches (empty dataset?)")
+        while self.epoch < epochs:
+            self._run_epoch(batches, steps_per_epoch, eval_fn, epochs)
+        return self.history
+
+    def _run_epoch(self, batches, steps_per_epoch, eval_fn, epochs):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=self.step,
+            desc=f"{self.method.name} epoch {self.epoch + 1}/{epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        stats = self._epoch_stats
+        for batch in self._batches(batches, self.epoch, self.step):
+            x, y, idx = self._unpack(batch, self.epoch, self.step)
+            check_unit_range(x, f"epoch {self.epoch} step {self.step}: training inputs")
+            t = self.epoch + (self.step / steps_per_epoch if steps_per_epoch else 0.0)
+            start = time.perf_counter()
+            loss_sum, correct = self._train_step(x, y, idx, t)
+            dt = time.perf_counter() - start
+            self.elapsed += dt
+            stats["seconds"] += dt
+            stats["loss_sum"] += loss_sum
+            stats["correct"] += correct
+            stats["seen"] += x.shape[0]
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{stats['loss_sum'] / stats['seen']:.3f}", acc=f"{stats['correct'] / stats['seen']:.3f}"
+            )
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if stats["seen"] == 0:
+            raise MissingIndexError(f"epoch {self.epoch}: the loader yielded no batches")
+        if self.scheduler is not None and self.scheduler_step == "epoch":
+            self.scheduler.step()
+        record = {
+            "epoch": self.epoch + 1,
+            "method": self.method.name,
+            "train_loss": stats["loss_sum"] / stats["seen"],
+            "train_adv_acc": stats["correct"] / stats["seen"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": stats["seconds"],
+            "train_seconds": self.elapsed,
+            **self.counts,
+        }
+        if eval_fn is not None:
+            start = time.perf_counter()
+            record.update(eval_fn(self.model))
+            self.eval_seconds += time.perf_counter() - start
+            record["eval_seconds"] = self.eval_seconds
+        self.history.append(record)
+        self.epoch += 1
+        self.step = 0
+        self._epoch_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.save_checkpoint()

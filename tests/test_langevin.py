@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+from conftest import Linear2
+
+from adv_transport import ConfigError, LangevinSampler, ThreatModel
+from adv_transport.schedules import Linear
+
+# two classes, four input values; for label 0 the input gradient of CE is p1 * (w1 - w0) = p1 * [1, -1, 2, 0]
+W = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0]])
+X = torch.full((1, 1, 2, 2), 0.5)
+Y = torch.tensor([0])
+
+
+def test_linf_step_without_noise_is_signed_gradient_step():
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=0.1, noise_scale=0.0, steps=1)
+    delta = s.sample(Linear2(W), X, Y)
+    assert delta.flatten().tolist() == pytest.approx([0.1, -0.1, 0.1, 0.0])
+
+
+def test_linf_steps_are_projected_onto_the_ball():
+    s = LangevinSampler(ThreatModel("linf", 0.15), step_size=0.1, noise_scale=0.0, steps=2)
+    delta = s.sample(Linear2(W), X, Y)
+    assert delta.flatten().tolist() == pytest.approx([0.15, -0.15, 0.15, 0.0])
+
+
+def test_warm_start_continues_from_given_delta_and_clips_to_box():
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=0.1, noise_scale=0.0, steps=1)
+    x = torch.tensor([[[[0.95, 0.05], [0.5, 0.5]]]])
+    start = torch.tensor([[[[0.0, 0.0], [0.15, 0.1]]]])
+    delta = s.sample(Linear2(W), x, Y, start)
+    # coord 0: 0.95 + 0.1 clipped to 1; coord 1: 0.05 - 0.1 clipped to 0; coord 2: 0.15 + 0.1; coord 3: unchanged
+    assert delta.flatten().tolist() == pytest.approx([0.05, -0.05, 0.25, 0.1])
+
+
+def test_l2_step_is_normalised_gradient_and_projection_is_radial():
+    s = LangevinSampler(ThreatModel("l2", 1.0), step_size=0.2, noise_scale=0.0, steps=1)
+    delta = s.sample(Linear2(W), X, Y)
+    expected = torch.tensor([1.0, -1.0, 2.0, 0.0]) / math.sqrt(6) * 0.2
+    assert delta.flatten().tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    s = LangevinSampler(ThreatModel("l2", 0.3), step_size=0.2, noise_scale=0.0, steps=3)
+    delta = s.sample(Linear2(W), X, Y)
+    expected = torch.tensor([1.0, -1.0, 2.0, 0.0]) / math.sqrt(6) * 0.3  # 0.6 along the direction, scaled back
+    assert delta.flatten().tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+def test_noise_term_is_s_sqrt_2eta_xi(noise):
+    eta, s_scale = 0.04, 0.5
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=eta, noise_scale=s_scale, steps=1, noise=noise)
+    delta = s.sample(Linear2(W), X, Y, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    xi = torch.rand(X.shape, generator=g) * 2 - 1 if noise == "uniform" else torch.randn(X.shape, generator=g)
+    expected = eta * torch.tensor([1.0, -1.0, 1.0, 0.0]).view(X.shape) + s_scale * math.sqrt(2 * eta) * xi
+    expected = expected.clamp(-0.3, 0.3)
+    assert torch.allclose(delta, expected, atol=1e-6)
+
+
+def test_uniform_noise_is_bounded_by_its_scale():
+    eta, s_scale = 0.01, 0.2
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=eta, noise_scale=s_scale, steps=1)
+    x = torch.full((64, 1, 2, 2), 0.5)
+    delta = s.sample(Linear2(W), x, torch.zeros(64, dtype=torch.long))
+    assert (delta.abs() <= eta + s_scale * math.sqrt(2 * eta) + 1e-6).all()
+    assert delta.std() > 0
+
+
+def test_scheduled_step_size_follows_progress():
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=Linear(0.01, 0.05, epochs=4), noise_scale=0.0)
+    assert s.sample(Linear2(W), X, Y, t=0.0).abs().max().item() == pytest.approx(0.01)
+    assert s.sample(Linear2(W), X, Y, t=2.0).abs().max().item() == pytest.approx(0.03)
+    assert s.sample(Linear2(W), X, Y, t=10.0).abs().max().item() == pytest.approx(0.05)
+
+
+def test_model_mode_is_set_while_sampling_and_restored():
+    seen = []
+
+    class Spy(Linear2):
+        def forward(self, x):
+            seen.append(self.training)
+            return super().forward(x)
+
+    m = Spy(W).eval()
+    LangevinSampler(ThreatModel("linf", 0.3), model_mode="train").sample(m, X, Y)
+    assert seen == [True] and not m.training
+    seen.clear()
+    m.train()
+    LangevinSampler(ThreatModel("linf", 0.3), model_mode="eval").sample(m, X, Y)
+    assert seen == [False] and m.training
+
+
+def test_bad_sampler_settings_are_explained():
+    t = ThreatModel("linf", 0.3)
+    with pytest.raises(ConfigError, match="step size must be > 0"):
+        LangevinSampler(t, step_size=0.0)
+    with pytest.raises(ConfigError, match="accepted: uniform, gaussian"):
+        LangevinSampler(t, noise="laplace")
+    with pytest.raises(ConfigError, match=">= 1"):
+        LangevinSampler(t, steps=0)
+    with pytest.raises(ConfigError, match="accepted: train, eval, keep"):
+        LangevinSampler(t, model_mode="inference")
+
+
+@pytest.mark.parametrize("eps", [0.0, -0.1, float("nan"), 1.0, 8.0])
+def test_eps_out_of_range_is_rejected(eps):
+    with pytest.raises(ConfigError, match="eps"):
+        ThreatModel("linf", eps)
+
+
+def test_l2_eps_beyond_box_diameter_is_rejected():
+    with pytest.raises(ConfigError, match="sqrt"):
+        ThreatModel("l2", 30.0).check_input_dim(784)
