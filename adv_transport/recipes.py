@@ -82,8 +82,10 @@ _CIFAR = dict(
 )
 
 RECIPES: dict[tuple[str, str], Recipe] = {
-    # ATL: eta = 0.03 per visit reaches the eps = 0.3 surface after ~10 epochs: robustness takes off from epoch ~7.
-    ("atl", "mnist"): Recipe("atl", **_MNIST, epochs=30, steps=1, step_size=0.03, noise_scale=0.2),
+    # ATL: chains start uniform in the ball and move eta = 0.05 per visit. Measured (README, "Recipes"): with the
+    # authors' eta = 0.01 from a clean start robustness only takes off after ~30 epochs; eta = 0.03 from a clean start
+    # reached 88.8 % PGD-40 after 15 epochs and 91.0 % after 30; eta = 0.05 from a uniform start 93.4 % after 20.
+    ("atl", "mnist"): Recipe("atl", **_MNIST, epochs=20, steps=1, step_size=0.05, noise_scale=0.2, bank_init="uniform"),
     ("pgd", "mnist"): Recipe("pgd", **_MNIST, epochs=10, steps=40, step_size=0.01),
     ("fgsm-rs", "mnist"): Recipe("fgsm-rs", **_MNIST, epochs=10, step_size=0.375),
     ("n-fgsm", "mnist"): Recipe("n-fgsm", **_MNIST, epochs=10, step_size=0.3),

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+from adv_transport.cli import main
+
+
+@pytest.fixture()
+def mnist_dir(tmp_path):
+    """A tiny synthetic stand-in for mnist.npz (same arrays and dtypes as the real file)."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for c in range(10):
+            x[y == c, 2 * c : 2 * c + 4, :] = 230
+        return x, y
+
+    xtr, ytr = split(120)
+    xte, yte = split(40)
+    d = tmp_path / "data"
+    d.mkdir()
+    np.savez(d / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return d
+
+
+def _train(mnist_dir, out, *extra):
+    return main(
+        [
+            "train",
+            "--method",
+            "atl",
+            "--dataset",
+            "mnist",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--eval-n",
+            "20",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def test_train_writes_checkpoint_and_jsonl_log(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _train(mnist_dir, out) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "clean_acc", "pgd_acc", "epoch_seconds", "input_grad_evals", "param_grad_evals"):
+        assert key in records[-1]
+    assert records[-1]["input_grad_evals"] == 2 * 120 and records[-1]["eval_pgd_steps"] == 40
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_existing_run_is_not_overwritten_without_resume(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(mnist_dir, out) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert _train(mnist_dir, out) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert _train(mnist_dir, out, "--resume", "--bank-dtype", "int8") == 2
+    assert "settings differ (bank_dtype" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert _train(mnist_dir, out, "--resume") == 0  # already finished: resumes and stops at once
+
+
+@pytest.mark.parametrize("eps,message", [("0", "eps must be a finite number > 0"), ("8", "0 < eps < 1")])
+def test_bad_eps_is_explained(mnist_dir, tmp_path, capsys, eps, message):
+    assert _train(mnist_dir, tmp_path / "run", "--eps", eps) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_prints_table_and_writes_reports(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(mnist_dir, out) == 0
+    capsys.readouterr()
+    assert (
+        main(["eval", "--checkpoint", str(out), "--n-examples", "20", "--data-dir", str(mnist_dir), "--no-progress"])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| clean |" in printed and "| FGSM |" in printed and "PGD-40" in printed
+    report = json.loads((out / "eval.json").read_text())
+    assert report["n_examples"] == 20 and report["pgd_acc"] <= report["clean_acc"]
+    assert (out / "eval.md").read_text().startswith("### atl")
+
+
+def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
+    out = tmp_path / "demo"
+    assert (
+        main(
+            [
+                "demo",
+                "--epochs",
+                "1",
+                "--eval-n",
+                "20",
+                "--data-dir",
+                str(mnist_dir),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (out / "training.png").stat().st_size > 1000
+    assert (out / "eval.md").is_file()

@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import torch
+from conftest import Linear2
+
+from adv_transport import LangevinSampler, ThreatModel
+
+
+def test_core_import_touches_no_host_library():
+    code = (
+        "import sys, adv_transport, adv_transport.eval\n"
+        "hosts = [m for m in ('timm', 'torchattacks', 'robustbench', 'autoattack') if m in sys.modules]\n"
+        "print(','.join(hosts))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_torchattacks_langevin_attack_matches_sampler():
+    from adv_transport.plugins.torchattacks import Langevin
+
+    w = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0]])
+    model = Linear2(w).train()
+    x = torch.full((3, 1, 2, 2), 0.5)
+    y = torch.zeros(3, dtype=torch.long)
+    atk = Langevin(model, eps=0.15, step_size=0.1, noise_scale=0.0, steps=2)
+    x_adv = atk(x, y)
+    expected = x + LangevinSampler(ThreatModel("linf", 0.15), 0.1, 0.0, 2).sample(model, x, y)
+    assert torch.allclose(x_adv, expected)
+    assert model.training  # torchattacks restores the caller's mode
+    assert (x_adv - x).abs().max() <= 0.15 + 1e-6
+
+
+def test_timm_model_by_name_keeps_inputs_in_unit_range():
+    from adv_transport import build_model
+
+    model = build_model("timm:resnet18", "cifar10").eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
