@@ -33,7 +33,15 @@ def _eval_fn(dataset: str, test, threat: ThreatModel, n: int, device):
 
     def fn(model):
         rep = evaluate(
-            model, test, threat, ("clean", "pgd"), n_examples=n, pgd_steps=steps, pgd_step_size=step_size, device=device
+            model,
+            test,
+            threat,
+            ("clean", "pgd"),
+            n_examples=n,
+            pgd_steps=steps,
+            pgd_step_size=step_size,
+            device=device,
+            sanity=False,
         )
         return {
             "clean_acc": rep["clean_acc"],
@@ -203,6 +211,8 @@ def run_eval(args) -> dict:
     test = load_dataset(dataset, "test", args.data_dir)
     steps, step_size = pgd_defaults(dataset, threat)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    ckpt = Path(args.checkpoint)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
     report = evaluate(
         model,
         test,
@@ -215,10 +225,18 @@ def run_eval(args) -> dict:
         pgd_restarts=args.pgd_restarts,
         device=device,
         progress=not args.no_progress,
+        seed=args.seed,
+        state_path=folder / "eval.state.pt",
     )
-    report.update(model=r["model"], dataset=dataset, checkpoint=str(args.checkpoint), method=r["method"])
-    ckpt = Path(args.checkpoint)
-    stem = (ckpt if ckpt.is_dir() else ckpt.parent) / "eval"
+    (folder / "eval.state.pt").unlink(missing_ok=True)  # finished: the next eval starts afresh
+    report.update(
+        model=r["model"],
+        dataset=dataset,
+        checkpoint=str(args.checkpoint),
+        method=r["method"],
+        epochs_trained=state.get("epoch"),
+    )
+    stem = folder / "eval"
     title = f"{r['method']} / {r['model']} on {dataset}"
     print(to_markdown(report, title))
     js, md = write_report(report, stem, title)
@@ -229,7 +247,11 @@ def run_eval(args) -> dict:
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
     p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument("--attacks", default="clean,fgsm,pgd", help="comma-separated: clean, fgsm, pgd")
+    p.add_argument(
+        "--attacks",
+        default="clean,fgsm,pgd",
+        help="comma-separated: clean, fgsm, pgd, autoattack (pyautoattack 'standard'), autoattack-rand",
+    )
     p.add_argument("--n-examples", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--eps", type=float)
@@ -237,6 +259,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pgd-steps", type=int)
     p.add_argument("--pgd-step-size", type=float)
     p.add_argument("--pgd-restarts", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of random starts and of AutoAttack")
     p.add_argument("--data-dir")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -252,21 +275,10 @@ def run_demo(args) -> None:
             setattr(train_args, k, None)
     trainer = run_train(train_args)
     out = Path(train_args.out or "runs/mnist-atl")
-    eval_args = argparse.Namespace(
-        checkpoint=str(out / "checkpoint.pt"),
-        dataset="mnist",
-        attacks="clean,fgsm,pgd",
-        n_examples=1000,
-        batch_size=500,
-        eps=None,
-        norm=None,
-        pgd_steps=None,
-        pgd_step_size=None,
-        pgd_restarts=1,
-        data_dir=args.data_dir,
-        device=args.device,
-        no_progress=args.no_progress,
-    )
+    argv = ["eval", "--checkpoint", str(out / "checkpoint.pt"), "--attacks", args.attacks, "--device", args.device]
+    argv += ["--data-dir", args.data_dir] if args.data_dir else []
+    argv += ["--no-progress"] if args.no_progress else []
+    eval_args = build_parser().parse_args(argv)
     run_eval(eval_args)
     png = plot_history(
         {"ATL": trainer.history},
@@ -276,7 +288,7 @@ def run_demo(args) -> None:
     print(f"plot: {png}", file=sys.stderr)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adv-transport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="adversarial training (ATL or a baseline)")
@@ -290,9 +302,15 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--attacks", default="clean,fgsm,pgd,autoattack", help="attacks of the final evaluation")
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "train":

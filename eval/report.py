@@ -7,32 +7,51 @@ from pathlib import Path
 
 from adv_transport.checkpoint import atomic_write_text
 
-NAMES = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "autoattack": "AutoAttack"}
+NAMES = {
+    "clean": "clean",
+    "fgsm": "FGSM",
+    "autoattack": "AutoAttack (standard)",
+    "autoattack-rand": "AutoAttack (rand)",
+}
 
 
-def attacks_in(report: dict) -> list[str]:
-    return [a for a in report.get("per_class", {})]
+def _name(report: dict, attack: str) -> str:
+    if attack == "pgd":
+        return (
+            f"PGD-{report['pgd_steps']} (step {report['pgd_step_size']:.4g}, {report['pgd_restarts']} restart"
+            f"{'s' if report['pgd_restarts'] > 1 else ''})"
+        )
+    return NAMES.get(attack, attack)
 
 
 def to_markdown(report: dict, title: str | None = None) -> str:
-    """One row per attack: accuracy, worst class and its accuracy; settings in a line under the table."""
-    lines = []
-    if title:
-        lines += [f"### {title}", ""]
+    """One row per attack (accuracy, worst class and its accuracy), the AutoAttack breakdown, settings and the
+    sanity-check warnings."""
+    lines = [f"### {title}", ""] if title else []
     lines += ["| attack | accuracy (%) | worst class | worst-class accuracy (%) |", "|---|---:|---:|---:|"]
-    for a in attacks_in(report):
-        name = NAMES.get(a, a)
-        if a == "pgd":
-            name = f"PGD-{report['pgd_steps']} (step {report['pgd_step_size']:.4g}, {report['pgd_restarts']} restart)"
+    for a in report["attacks"]:
         lines.append(
-            f"| {name} | {report[f'{a}_acc']:.2f} | {report[f'{a}_worst_class']} | "
+            f"| {_name(report, a)} | {report[f'{a}_acc']:.2f} | {report[f'{a}_worst_class']} | "
             f"{report[f'{a}_worst_class_acc']:.2f} |"
         )
     lines += [
         "",
-        f"{report['norm']} eps = {report['eps']:.4g}, first {report['n_examples']} test points, "
-        f"{report['seconds']:.0f} s.",
+        f"{report['norm']} eps = {report['eps']:.4g}, first {report['n_examples']} test points, seed "
+        f"{report.get('seed', 0)}, {report['seconds']:.0f} s.",
     ]
+    for a, detail in report.get("autoattack_detail", {}).items():
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in detail.items())
+        lines.append(f"{NAMES.get(a, a)}, accuracy after each attack (%): {steps}.")
+    if "eps_sweep_pgd_acc" in report:
+        sweep = ", ".join(f"eps {e}: {v:.1f}" for e, v in report["eps_sweep_pgd_acc"].items())
+        lines.append(f"PGD accuracy as eps grows (first 200 points, %): {sweep}.")
+    warnings = report.get("sanity_warnings")
+    if warnings is not None:
+        lines.append("")
+        if warnings:
+            lines += ["**Sanity checks failed:**", ""] + [f"- {w}" for w in warnings]
+        else:
+            lines.append("Sanity checks passed (attack ordering, Square vs white-box, eps sweep, eval mode, logits).")
     return "\n".join(lines) + "\n"
 
 

@@ -2,10 +2,11 @@ import math
 
 import pytest
 import torch
-from conftest import Linear2
 
 from adv_transport import ConfigError, LangevinSampler, ThreatModel
 from adv_transport.schedules import Linear
+
+from conftest import Linear2
 
 # two classes, four input values; for label 0 the input gradient of CE is p1 * (w1 - w0) = p1 * [1, -1, 2, 0]
 W = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0]])

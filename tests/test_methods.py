@@ -1,8 +1,9 @@
 import pytest
 import torch
-from conftest import Linear2
 
 from adv_transport import ATL, FGSMRS, NFGSM, PGD, AdversarialBank, Clean, LangevinSampler, ThreatModel
+
+from conftest import Linear2
 
 W = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0]])
 X = torch.full((8, 1, 2, 2), 0.5)

@@ -2,9 +2,10 @@ import subprocess
 import sys
 
 import torch
-from conftest import Linear2
 
 from adv_transport import LangevinSampler, ThreatModel
+
+from conftest import Linear2
 
 
 def test_core_import_touches_no_host_library():

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from conftest import TinyCNN, synthetic_dataset
 
 from adv_transport import (
     ATL,
@@ -18,6 +17,8 @@ from adv_transport import (
     ThreatModel,
     Trainer,
 )
+
+from conftest import TinyCNN, synthetic_dataset
 
 THREAT = ThreatModel("linf", 0.1)
 
