@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -234,6 +235,7 @@ def run_eval(args) -> dict:
         dataset=dataset,
         checkpoint=str(args.checkpoint),
         method=r["method"],
+        lossy_data=test.lossy,
         epochs_trained=state.get("epoch"),
     )
     stem = folder / "eval"
@@ -288,6 +290,31 @@ def run_demo(args) -> None:
     print(f"plot: {png}", file=sys.stderr)
 
 
+def run_submit(args) -> dict:
+    """Export a RobustBench submission for a checkpoint (plugins/robustbench.py)."""
+    from .plugins.robustbench import export_submission
+
+    ckpt = Path(args.checkpoint)
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    report = None
+    if (folder / "eval.json").is_file():
+        report = json.loads((folder / "eval.json").read_text())
+    else:
+        print(
+            f"no eval.json next to {ckpt}: the card's accuracies stay empty (run adv-transport eval first)",
+            file=sys.stderr,
+        )
+    card = {
+        k: v
+        for k, v in (("authors", args.authors), ("link", args.link), ("venue", args.venue), ("name", args.title))
+        if v
+    }
+    paths = export_submission(ckpt, args.name, args.dataset, args.threat_model, args.out, report=report, card=card)
+    for what, path in paths.items():
+        print(f"{what}: {path}")
+    return paths
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adv-transport", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p = sub.add_parser("eval", help="evaluate a checkpoint under attack")
     add_eval_args(p)
+    p = sub.add_parser("submit", help="export a RobustBench submission (checkpoint, model card, zoo entry)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder (its eval.json fills the card)")
+    p.add_argument("--name", required=True, help="<Name><Year><Word>, e.g. Doe2026Langevin")
+    p.add_argument("--dataset", default="cifar10", choices=("cifar10",))
+    p.add_argument("--threat-model", default="Linf", choices=("Linf", "L2"))
+    p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
+    p.add_argument("--authors")
+    p.add_argument("--link")
+    p.add_argument("--venue")
+    p.add_argument("--title", help="the card's 'name' field (the paper title)")
     p = sub.add_parser("demo", help="train ATL on MNIST, evaluate, print the table, plot (the README's main job)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-subset", type=int)
@@ -317,6 +354,8 @@ def main(argv=None) -> int:
             run_train(args)
         elif args.command == "eval":
             run_eval(args)
+        elif args.command == "submit":
+            run_submit(args)
         else:
             run_demo(args)
     except AdvTransportError as e:

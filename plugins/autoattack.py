@@ -38,13 +38,15 @@ def autoattack_flags(
     version: str = "standard",
     seed: int = 0,
     batch_size: int = 500,
+    aa: AutoAttack | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per point, robust (True) or not after each attack of ``version`` and all attacks before it.
 
     Returns ``{'clean': ..., 'apgd-ce': ..., ..., 'square': ...}`` as bool CPU tensors; the last entry is the
     AutoAttack result. Also returns the adversarial inputs under key ``'x_adv'`` (clean input where none was found).
+    ``aa`` reuses a configured pyautoattack ``AutoAttack`` (its attack settings are then the caller's).
     """
-    aa = make_autoattack(model, norm, eps, version, seed, x.device)
+    aa = aa or make_autoattack(model, norm, eps, version, seed, x.device)
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
     if version == "standard" and n_classes < 10:
@@ -58,15 +60,19 @@ def autoattack_flags(
         ).cpu()
     out: dict[str, torch.Tensor] = {"clean": robust.clone()}
     x_adv = x.detach().clone()
-    for attack in VERSIONS[version]:
-        idx = robust.nonzero().flatten()
-        if len(idx):
-            aa.attacks_to_run = [attack]
-            adv, _ = aa.run_standard_evaluation(x[idx.to(x.device)], y[idx.to(y.device)], batch_size=batch_size)
-            with torch.no_grad():
-                fooled = (model(adv).argmax(1) != y[idx.to(y.device)]).cpu()
-            robust[idx[fooled]] = False
-            x_adv[idx[fooled].to(x.device)] = adv[fooled.to(adv.device)]
-        out[attack] = robust.clone()
+    original = list(aa.attacks_to_run)
+    try:
+        for attack in original:
+            idx = robust.nonzero().flatten()
+            if len(idx):
+                aa.attacks_to_run = [attack]
+                adv, _ = aa.run_standard_evaluation(x[idx.to(x.device)], y[idx.to(y.device)], batch_size=batch_size)
+                with torch.no_grad():
+                    fooled = (model(adv).argmax(1) != y[idx.to(y.device)]).cpu()
+                robust[idx[fooled]] = False
+                x_adv[idx[fooled].to(x.device)] = adv[fooled.to(adv.device)]
+            out[attack] = robust.clone()
+    finally:
+        aa.attacks_to_run = original
     out["x_adv"] = x_adv
     return out
