@@ -62,9 +62,19 @@ class Clean(InnerStep):
 
 
 class _Attacked(InnerStep):
-    def __init__(self, threat: ThreatModel, model_mode: str = "train"):
+    def __init__(self, threat: ThreatModel, model_mode: str = "train", eps_ramp: float = 0.0):
         self.threat = threat
         self.model_mode = check_mode(model_mode)
+        if not eps_ramp >= 0:
+            raise ConfigError(f"eps_ramp must be >= 0 epochs, got {eps_ramp!r}")
+        self.eps_ramp = float(eps_ramp)
+
+    def threat_at(self, t: float) -> ThreatModel:
+        """The threat at progress ``t`` (epochs): eps grows linearly from 0 over the first ``eps_ramp`` epochs (a
+        warm-up that lets PGD-40 training at MNIST eps = 0.3 leave chance level), then stays at eps."""
+        if self.eps_ramp <= 0 or t >= self.eps_ramp:
+            return self.threat
+        return ThreatModel(self.threat.norm, self.threat.eps * max(t / self.eps_ramp, 1e-3))
 
 
 class PGD(_Attacked):
@@ -72,8 +82,15 @@ class PGD(_Attacked):
 
     name = "pgd"
 
-    def __init__(self, threat: ThreatModel, steps: int = 40, step_size: float = 0.01, model_mode: str = "train"):
-        super().__init__(threat, model_mode)
+    def __init__(
+        self,
+        threat: ThreatModel,
+        steps: int = 40,
+        step_size: float = 0.01,
+        model_mode: str = "train",
+        eps_ramp: float = 0.0,
+    ):
+        super().__init__(threat, model_mode, eps_ramp)
         if int(steps) < 1 or step_size <= 0:
             raise ConfigError(f"PGD needs steps >= 1 and step_size > 0, got steps={steps}, step_size={step_size}")
         self.steps, self.step_size = int(steps), float(step_size)
@@ -81,10 +98,16 @@ class PGD(_Attacked):
 
     def perturb(self, model, x, y, idx, t):
         with model_mode(model, self.model_mode):
-            return pgd(model, x, y, self.threat, self.steps, self.step_size, random_start=True)
+            return pgd(model, x, y, self.threat_at(t), self.steps, self.step_size, random_start=True)
 
     def describe(self):
-        return {"method": self.name, "steps": self.steps, "step_size": self.step_size, "model_mode": self.model_mode}
+        return {
+            "method": self.name,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "model_mode": self.model_mode,
+            "eps_ramp_epochs": self.eps_ramp,
+        }
 
 
 class FGSMRS(_Attacked):
@@ -93,18 +116,27 @@ class FGSMRS(_Attacked):
     name = "fgsm-rs"
     input_grad_passes = 1
 
-    def __init__(self, threat: ThreatModel, step_size: float | None = None, model_mode: str = "train"):
-        super().__init__(threat, model_mode)
+    def __init__(
+        self, threat: ThreatModel, step_size: float | None = None, model_mode: str = "train", eps_ramp: float = 0.0
+    ):
+        super().__init__(threat, model_mode, eps_ramp)
         self.step_size = 1.25 * threat.eps if step_size is None else float(step_size)
 
     def perturb(self, model, x, y, idx, t):
-        x_start = x + self.threat.uniform(x)
+        threat = self.threat_at(t)
+        step = self.step_size * threat.eps / self.threat.eps
+        x_start = x + threat.uniform(x)
         with model_mode(model, self.model_mode):
             grad, _ = input_gradient(model, x_start, y)
-        return self.threat.clip(x, x_start + self.step_size * self.threat.direction(grad)).detach()
+        return threat.clip(x, x_start + step * threat.direction(grad)).detach()
 
     def describe(self):
-        return {"method": self.name, "step_size": self.step_size, "model_mode": self.model_mode}
+        return {
+            "method": self.name,
+            "step_size": self.step_size,
+            "model_mode": self.model_mode,
+            "eps_ramp_epochs": self.eps_ramp,
+        }
 
 
 class NFGSM(_Attacked):
@@ -114,22 +146,28 @@ class NFGSM(_Attacked):
     input_grad_passes = 1
 
     def __init__(
-        self, threat: ThreatModel, step_size: float | None = None, noise_mult: float = 2.0, model_mode: str = "train"
+        self,
+        threat: ThreatModel,
+        step_size: float | None = None,
+        noise_mult: float = 2.0,
+        model_mode: str = "train",
+        eps_ramp: float = 0.0,
     ):
-        super().__init__(threat, model_mode)
+        super().__init__(threat, model_mode, eps_ramp)
         self.step_size = threat.eps if step_size is None else float(step_size)
         self.noise_mult = float(noise_mult)
-        self.noise_threat = ThreatModel(threat.norm, threat.eps * self.noise_mult) if threat.norm == "l2" else None
 
     def perturb(self, model, x, y, idx, t):
-        if self.threat.norm == "linf":
-            noise = (torch.rand_like(x) * 2 - 1) * self.threat.eps * self.noise_mult
+        threat = self.threat_at(t)
+        scale = threat.eps / self.threat.eps
+        if threat.norm == "linf":
+            noise = (torch.rand_like(x) * 2 - 1) * threat.eps * self.noise_mult
             x_start = (x + noise).clamp(0, 1)
         else:
-            x_start = x + self.noise_threat.uniform(x)
+            x_start = x + ThreatModel(threat.norm, threat.eps * self.noise_mult).uniform(x)
         with model_mode(model, self.model_mode):
             grad, _ = input_gradient(model, x_start, y)
-        return (x_start + self.step_size * self.threat.direction(grad)).clamp(0, 1).detach()
+        return (x_start + self.step_size * scale * threat.direction(grad)).clamp(0, 1).detach()
 
     def describe(self):
         return {
@@ -137,6 +175,7 @@ class NFGSM(_Attacked):
             "step_size": self.step_size,
             "noise_mult": self.noise_mult,
             "model_mode": self.model_mode,
+            "eps_ramp_epochs": self.eps_ramp,
         }
 
 

@@ -2,6 +2,7 @@
 
 - ``mnist-cnn``: the small MNIST CNN of Wong et al. 2020 (two stride-2 convolutions of 16 and 32 channels, a 100-unit
   hidden layer).
+- ``small-cnn``: the same architecture for any dataset (for CIFAR-10: 3 channels, 32x32), for CPU-sized comparisons.
 - ``preact-resnet18``: the CIFAR PreAct-ResNet-18 (He et al. 2016) used by Wong et al. 2020 and RobustBench.
 - ``timm:<name>``: any timm model, created through :mod:`adv_transport.plugins.timm` (timm imported only then).
 """
@@ -18,7 +19,7 @@ STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
 }
-MODELS = ("mnist-cnn", "preact-resnet18", "timm:<name>")
+MODELS = ("mnist-cnn", "small-cnn", "preact-resnet18", "timm:<name>")
 
 
 class Normalized(nn.Module):
@@ -109,7 +110,7 @@ def build_model(name: str, dataset: str = "mnist", num_classes: int = 10, normal
     mean, std = STATS[dataset]
     channels = len(mean)
     size = 28 if dataset == "mnist" else 32
-    if name == "mnist-cnn":
+    if name in ("mnist-cnn", "small-cnn"):
         net = MnistCNN(channels, num_classes, size)
     elif name == "preact-resnet18":
         net = PreActResNet18(channels, num_classes)

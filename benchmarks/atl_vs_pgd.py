@@ -1,0 +1,402 @@
+"""ATL against PGD adversarial training and the fast baselines, side by side in one run.
+
+Every method trains the same model from the same initialisation, on the same data order, with its documented recipe
+(adv_transport/recipes.py; same optimizer family), through the same training loop, one after another in this
+process on this machine. Every epoch: PGD accuracy on the first ``--eval-n`` test images against training wall-clock
+(evaluation excluded) and counted gradient evaluations. At the end: AutoAttack 'standard' (pyautoattack) on the first
+``--aa-n`` test images (all 10,000 with ``--full``) for every method.
+
+Writes ``<out>/results.json``, ``<out>/robust_error_vs_time.png`` and a section of BENCHMARKS.md.
+
+    python benchmarks/atl_vs_pgd.py --dataset mnist             # the full MNIST comparison (~40 min on 2 CPU cores)
+    python benchmarks/atl_vs_pgd.py --dataset cifar10           # relative comparison on the JPEG-lossy CIFAR-10 copy
+    python benchmarks/atl_vs_pgd.py --dataset mnist --quick     # smoke test, < 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import adv_transport as at
+from adv_transport.eval import evaluate, pgd_defaults
+from adv_transport.recipes import build_method, build_optimizer, recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# method label -> (recipe method, recipe changes)
+MNIST_METHODS = {
+    "clean": ("clean", {}),
+    "ATL T=1": ("atl", {}),
+    "ATL T=2": ("atl", {"steps": 2}),
+    "PGD-40 AT": ("pgd", {}),
+    "FGSM-RS": ("fgsm-rs", {}),
+    "N-FGSM": ("n-fgsm", {}),
+}
+CIFAR_METHODS = {
+    "clean": ("clean", {}),
+    "ATL T=1": ("atl", {}),
+    "PGD-10 AT": ("pgd", {"steps": 10, "step_size": 2 / 255}),
+    "FGSM-RS": ("fgsm-rs", {}),
+}
+REFERENCE = {"mnist": "PGD-40 AT", "cifar10": "PGD-10 AT"}
+LOSSY_LABEL = (
+    "relative comparison on the JPEG-lossy CIFAR-10 copy (../shared/data/cifar10_jpeg_lossy.npz): not "
+    "comparable with published CIFAR-10 numbers"
+)
+
+
+def train_one(label, method_name, changes, args, train, test, threat, device):
+    r = recipe(method_name, args.dataset).replace(**changes)
+    if args.dataset == "cifar10":
+        r = r.replace(model=args.cifar_model, epochs=args.cifar_epochs, lr=args.cifar_lr)
+    if args.epochs_scale != 1.0:
+        r = r.replace(epochs=max(1, round(r.epochs * args.epochs_scale)))
+    torch.manual_seed(args.seed)  # identical initialisation for every method
+    model = at.build_model(r.model, r.dataset).to(device)
+    batches = at.IndexedBatches(train, r.batch_size, seed=args.seed, device=device)
+    method = build_method(r, len(train), train.shape, seed=args.seed)
+    opt, sched = build_optimizer(r, model.parameters(), len(batches))
+    augment = at.RandomCropFlip(4, flip=True) if r.augment else None
+    steps, step_size = pgd_defaults(args.dataset, threat)
+
+    def eval_fn(m):
+        rep = evaluate(
+            m,
+            test,
+            threat,
+            ("clean", "pgd"),
+            n_examples=args.eval_n,
+            pgd_steps=steps,
+            pgd_step_size=step_size,
+            device=device,
+            sanity=False,
+        )
+        return {"clean_acc": rep["clean_acc"], "pgd_acc": rep["pgd_acc"]}
+
+    trainer = at.Trainer(
+        model,
+        opt,
+        method,
+        scheduler=sched,
+        clean_weight=r.clean_weight,
+        augment=augment,
+        eval_fn=eval_fn,
+        progress=not args.no_progress,
+        config={"recipe": r.to_dict()},
+    )
+    print(f"[{label}] {r.epochs} epochs, {method.describe()}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    trainer.fit(batches, r.epochs)
+    wall = time.perf_counter() - start
+    last = trainer.history[-1]
+    print(
+        f"[{label}] done: train {last['train_seconds']:.0f} s (+ eval), clean {last['clean_acc']:.1f} %, "
+        f"PGD {last['pgd_acc']:.1f} %",
+        file=sys.stderr,
+        flush=True,
+    )
+    result = {
+        "label": label,
+        "recipe": r.to_dict(),
+        "history": trainer.history,
+        "wall_seconds": wall,
+        "inner_step": method.describe(),
+    }
+    if hasattr(method, "bank"):
+        result["bank_bytes"] = method.bank.memory_bytes
+        result["bank_bytes_int8"] = method.bank.num_examples * method.bank.copies * math.prod(method.bank.shape)
+    return model, result
+
+
+def final_eval(model, test, threat, args, device):
+    """AutoAttack (with the sanity checks) on the first --aa-n test images; PGD comes from the last epoch's check."""
+    if args.no_autoattack:
+        return {}
+    n = 10000 if args.full else args.aa_n
+    model.eval()
+    return evaluate(
+        model, test, threat, ["clean", "autoattack"], n_examples=n, device=device, progress=not args.no_progress
+    )
+
+
+def first_time_reaching(history, level, key):
+    for r in history:
+        if r["pgd_acc"] >= level:
+            return r[key]
+    return None
+
+
+def summarise(results, dataset):
+    ref = results[REFERENCE[dataset]]
+    target = ref["history"][-1]["pgd_acc"]
+    clean_epoch = None
+    if "clean" in results:
+        h = results["clean"]["history"]
+        clean_epoch = sum(r["epoch_seconds"] for r in h) / len(h)
+    rows = []
+    for label, res in results.items():
+        h = res["history"]
+        epoch_cost = sum(r["epoch_seconds"] for r in h) / len(h)
+        rows.append(
+            {
+                "label": label,
+                "epochs": len(h),
+                "clean_acc": h[-1]["clean_acc"],
+                "pgd_acc": h[-1]["pgd_acc"],
+                "autoattack_acc": res["final"].get("autoattack_acc"),
+                "train_seconds": h[-1]["train_seconds"],
+                "grad_evals": h[-1]["input_grad_evals"] + h[-1]["param_grad_evals"],
+                "seconds_to_target": first_time_reaching(h, target, "train_seconds"),
+                "grad_evals_to_target": None
+                if first_time_reaching(h, target, "train_seconds") is None
+                else next(r["input_grad_evals"] + r["param_grad_evals"] for r in h if r["pgd_acc"] >= target),
+                "epoch_cost_vs_clean": None if clean_epoch is None else epoch_cost / clean_epoch,
+                "bank_bytes": res.get("bank_bytes"),
+                "bank_bytes_int8": res.get("bank_bytes_int8"),
+            }
+        )
+    return {"target_pgd_acc": target, "reference": REFERENCE[dataset], "rows": rows}
+
+
+def targets(summary, dataset):
+    rows = {r["label"]: r for r in summary["rows"]}
+    ref = rows[summary["reference"]]
+    atl = rows["ATL T=1"]
+    lines = []
+    t_ref = ref["train_seconds"]
+    t_atl = atl["seconds_to_target"]
+    if t_atl is None:
+        lines.append(
+            f"- **Not met**: ATL T=1 never reached {summary['reference']}'s final PGD accuracy "
+            f"({summary['target_pgd_acc']:.1f} %) within its epochs."
+        )
+    else:
+        ratio = t_ref / t_atl
+        verdict = "Met" if ratio >= 10 else "Not met"
+        lines.append(
+            f"- **{verdict}**: ATL T=1 first reached {summary['reference']}'s final PGD accuracy "
+            f"({summary['target_pgd_acc']:.1f} %) after {t_atl:.0f} s of training, {summary['reference']} "
+            f"trained for {t_ref:.0f} s: a speed-up of {ratio:.1f}x (target >= 10x)."
+        )
+    if ref["autoattack_acc"] is not None and atl["autoattack_acc"] is not None:
+        gap = ref["autoattack_acc"] - atl["autoattack_acc"]
+        verdict = "Met" if gap <= 1.0 else "Not met"
+        lines.append(
+            f"- **{verdict}**: final AutoAttack accuracy ATL T=1 {atl['autoattack_acc']:.2f} % vs "
+            f"{summary['reference']} {ref['autoattack_acc']:.2f} % (target: within 1 point; gap "
+            f"{gap:+.2f})."
+        )
+        if dataset == "mnist":
+            verdict = "Met" if atl["autoattack_acc"] > 82.93 else "Not met"
+            lines.append(
+                f"- **{verdict}**: ATL T=1 AutoAttack {atl['autoattack_acc']:.2f} % vs Wong et al.'s "
+                "FGSM-RS anchor 82.93 % (target: above)."
+            )
+    if atl["epoch_cost_vs_clean"] is not None:
+        verdict = "Met" if atl["epoch_cost_vs_clean"] <= 2.1 else "Not met"
+        lines.append(
+            f"- **{verdict}**: ATL T=1 epoch cost {atl['epoch_cost_vs_clean']:.2f}x a clean epoch (target <= 2.1x)."
+        )
+    return lines
+
+
+def markdown(summary, meta, dataset):
+    f = lambda v, fmt: "n/a" if v is None else format(v, fmt)  # noqa: E731
+    lines = [
+        f"<!-- atl-vs-pgd:{dataset} -->",
+        f"## ATL vs PGD adversarial training: {dataset}" + (" (JPEG-lossy copy)" if dataset == "cifar10" else ""),
+        "",
+        f"Measured {meta['date']} on {meta['machine']}, one run of `{meta['command']}` (commit {meta['commit']}).",
+        f"Model `{meta['model']}`, l-inf eps = {meta['eps']:.4g}, {meta['train_n']} training images, seed "
+        f"{meta['seed']}. Clean and PGD = PGD-{meta['pgd_steps']} (step {meta['pgd_step_size']:.4g}, random start) "
+        f"on the first {meta['eval_n']} test images after the last epoch; AutoAttack = pyautoattack 'standard' on "
+        f"the first {meta['aa_n']} test images.",
+    ]
+    if dataset == "cifar10":
+        lines += ["", f"**{LOSSY_LABEL}.**"]
+    lines += [
+        "",
+        "| method | epochs | clean % | PGD % | AutoAttack % | train s | grad evals | s to reach ref. PGD | "
+        "grad evals to reach | epoch cost vs clean | bank memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in summary["rows"]:
+        to_target = "n/a" if r["grad_evals_to_target"] is None else f"{r['grad_evals_to_target'] / 1e6:.2f} M"
+        bank = (
+            ""
+            if r["bank_bytes"] is None
+            else (f"{r['bank_bytes'] / 2**20:.0f} MiB fp32 ({r['bank_bytes_int8'] / 2**20:.0f} MiB as int8)")
+        )
+        lines.append(
+            f"| {r['label']} | {r['epochs']} | {r['clean_acc']:.2f} | {r['pgd_acc']:.2f} | "
+            f"{f(r['autoattack_acc'], '.2f')} | {r['train_seconds']:.0f} | {r['grad_evals'] / 1e6:.2f} M | "
+            f"{f(r['seconds_to_target'], '.0f')} | "
+            f"{to_target} | "
+            f"{f(r['epoch_cost_vs_clean'], '.2f')}x | {bank} |"
+        )
+    lines += [
+        "",
+        f"Reference level: {summary['reference']}'s final PGD accuracy, {summary['target_pgd_acc']:.2f} %. "
+        "Times are training wall-clock (per-epoch evaluation excluded); gradient evaluations count one per example "
+        "per input- or parameter-gradient pass. Plot: "
+        f"`{meta['png']}`.",
+        "",
+        "Targets:",
+        "",
+        *targets(summary, dataset),
+        f"<!-- /atl-vs-pgd:{dataset} -->",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks_md(path: Path, section: str, dataset: str) -> None:
+    text = (
+        path.read_text()
+        if path.is_file()
+        else "# Benchmarks\n\nMeasured results, each from one run of committed code.\n"
+    )
+    pattern = re.compile(rf"<!-- atl-vs-pgd:{dataset} -->.*?<!-- /atl-vs-pgd:{dataset} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def plot(results, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, res in results.items():
+        h = res["history"]
+        err = [100 - r["pgd_acc"] for r in h]
+        axes[0].plot([r["train_seconds"] for r in h], err, marker=".", label=label)
+        axes[1].plot([r["input_grad_evals"] + r["param_grad_evals"] for r in h], err, marker=".", label=label)
+    axes[0].set_xlabel("training wall-clock (s, log scale)")
+    axes[1].set_xlabel("gradient evaluations (log scale)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_ylabel("adversarial test error, PGD (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist")
+    p.add_argument("--quick", action="store_true", help="smoke test: 3000 training images, 2 epochs per method")
+    p.add_argument("--full", action="store_true", help="AutoAttack on all 10,000 test images")
+    p.add_argument("--methods", help="comma-separated subset of the method labels")
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--eval-n", type=int, default=1000)
+    p.add_argument("--aa-n", type=int, default=1000)
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every recipe's epochs")
+    p.add_argument("--cifar-model", default="small-cnn")
+    p.add_argument("--cifar-epochs", type=int, default=15)
+    p.add_argument("--cifar-lr", type=float, default=0.05)
+    p.add_argument("--no-autoattack", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="results folder (default benchmarks/results/<dataset>[-quick])")
+    p.add_argument("--benchmarks-md", help="BENCHMARKS.md to update (default: the repository's, not in --quick)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.train_subset = args.train_subset or 3000
+        args.eval_n = min(args.eval_n, 200)
+        args.aa_n = min(args.aa_n, 100)
+        if args.epochs_scale == 1.0:
+            args.epochs_scale = 0.1
+        args.cifar_epochs = min(args.cifar_epochs, 2)
+    if args.dataset == "cifar10" and args.train_subset is None:
+        args.train_subset = 10000
+    out = Path(args.out or ROOT / "benchmarks" / "results" / (args.dataset + ("-quick" if args.quick else "")))
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    train = at.load_dataset(args.dataset, "train", args.data_dir).subset(args.train_subset)
+    test = at.load_dataset(args.dataset, "test", args.data_dir)
+    if args.dataset == "cifar10" and not test.lossy:
+        print("note: this CIFAR-10 copy is not the lossy one; the lossy label is still applied", file=sys.stderr)
+    r0 = recipe("atl", args.dataset)
+    threat = at.ThreatModel(r0.norm, r0.eps)
+    methods = MNIST_METHODS if args.dataset == "mnist" else CIFAR_METHODS
+    if args.methods:
+        keep = [m.strip() for m in args.methods.split(",")]
+        unknown = [m for m in keep if m not in methods]
+        if unknown:
+            p.error(f"unknown methods {unknown}; known: {list(methods)}")
+        methods = {k: v for k, v in methods.items() if k in keep}
+    if REFERENCE[args.dataset] not in methods or "ATL T=1" not in methods:
+        p.error(f"the comparison needs '{REFERENCE[args.dataset]}' and 'ATL T=1'")
+    results = {}
+    for label, (name, changes) in methods.items():
+        model, res = train_one(label, name, changes, args, train, test, threat, device)
+        res["final"] = final_eval(model, test, threat, args, device)
+        if res["final"].get("sanity_warnings"):
+            print(f"[{label}] sanity: {res['final']['sanity_warnings']}", file=sys.stderr, flush=True)
+        results[label] = res
+        (out / "results.json").write_text(json.dumps({"partial": True, "results": results}, indent=1))
+    summary = summarise(results, args.dataset)
+    steps, step_size = pgd_defaults(args.dataset, threat)
+    commit = "uncommitted"
+    try:
+        import subprocess
+
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing git only loses the label
+        pass
+    meta = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "command": "python benchmarks/atl_vs_pgd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": commit,
+        "model": results[REFERENCE[args.dataset]]["recipe"]["model"],
+        "eps": threat.eps,
+        "train_n": len(train),
+        "seed": args.seed,
+        "pgd_steps": steps,
+        "pgd_step_size": step_size,
+        "eval_n": min(args.eval_n, len(test)),
+        "aa_n": 10000 if args.full else min(args.aa_n, len(test)),
+        "png": str((out / "robust_error_vs_time.png").relative_to(ROOT))
+        if out.is_relative_to(ROOT)
+        else str(out / "robust_error_vs_time.png"),
+        "lossy_data": test.lossy,
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1))
+    title = f"{args.dataset}: adversarial test error (PGD-{steps}) vs training time"
+    if args.dataset == "cifar10":
+        title += "\n" + LOSSY_LABEL
+    plot(results, out / "robust_error_vs_time.png", title)
+    section = markdown(summary, meta, args.dataset)
+    (out / "summary.md").write_text(section)
+    md_path = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
+    if md_path is not None:
+        update_benchmarks_md(md_path, section, args.dataset)
+    print(section)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
