@@ -23,9 +23,20 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/adv-transport demo
 
-test: $(VENV)/.installed
+# A second, small environment: the latest timm (which has an optimizer registry) put in front of the main
+# environment's timm 1.0.9 (no registry, pinned by robustbench), to run the timm plugin tests against both.
+TIMM_LATEST := .timm-latest
+$(TIMM_LATEST)/.installed: $(VENV)/.installed
+	rm -rf $(TIMM_LATEST)
+	$(BIN)/pip install -q --no-deps --target $(TIMM_LATEST) 'timm>=1.0.12'
+	touch $@
+
+test: $(VENV)/.installed $(TIMM_LATEST)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	ADV_TRANSPORT_EXPECT_TIMM_REGISTRY=0 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_timm_plugin.py
+	ADV_TRANSPORT_EXPECT_TIMM_REGISTRY=1 PYTHONPATH=$(CURDIR)/$(TIMM_LATEST) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_timm_plugin.py
 
 test-all: $(VENV)/.installed
 	$(BIN)/python -m pytest -m ''
@@ -35,4 +46,4 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TIMM_LATEST) runs .pytest_cache .ruff_cache
