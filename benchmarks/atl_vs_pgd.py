@@ -320,6 +320,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    commit = "uncommitted"
+    try:
+        import subprocess
+
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing git only loses the label
+        pass  # the code that runs: taken at the start, not at the end
     if args.quick:
         args.train_subset = args.train_subset or 3000
         args.eval_n = min(args.eval_n, 200)
@@ -357,15 +366,6 @@ def main(argv=None):
         (out / "results.json").write_text(json.dumps({"partial": True, "results": results}, indent=1))
     summary = summarise(results, args.dataset)
     steps, step_size = pgd_defaults(args.dataset, threat)
-    commit = "uncommitted"
-    try:
-        import subprocess
-
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:  # noqa: BLE001 - a missing git only loses the label
-        pass
     meta = {
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}",
