@@ -104,7 +104,13 @@ def _from_torchvision(name: str, split: str, root: Path) -> IndexedDataset:
     import torchvision  # lazily: only needed without local files
 
     cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
-    ds = cls(root=str(root), train=(split == "train"), download=True)
+    try:
+        ds = cls(root=str(root), train=(split == "train"), download=True)
+    except (RuntimeError, OSError) as e:  # no network, or a failed checksum
+        raise ConfigError(
+            f"could not download {name} through torchvision into {root} ({str(e).splitlines()[0]}). Point --data-dir "
+            f"or ADV_TRANSPORT_DATA at a folder holding {' or '.join(_FILES[name])}."
+        ) from None
     data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()
     if data.ndim == 3:
         data = data[:, None]

@@ -73,3 +73,17 @@ def test_two_mode_game_shows_what_the_benchmark_reports():
     assert both["share_u1"] >= 0.5 and both["share_u2"] >= 0.05
     normalized = game_mod.play(game, "nsgda", 0.01, 0.01, seed=0)
     assert normalized["share_u1"] >= 0.1 and normalized["share_u2"] >= 0.1
+
+
+def test_gan_optimizers_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
+    bench = load("gan_optimizers")
+    md = tmp_path / "BENCH.md"
+    results = bench.main(["--quick", "--iters", "10", "--seeds", "2", "--n-eval", "40", "--optimizers",
+                          "Adam,nSGDA (layer),AdaDir", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "gan"),
+                          "--benchmarks-md", str(md)])
+    assert [r["optimizer"] for r in results["summary"]] == ["Adam", "nSGDA (layer)", "AdaDir"]
+    assert all(len(runs) == 2 for runs in results["seeds"].values())
+    assert all(len(results["sweep"][n]) == 3 for n in results["sweep"])  # equal sweep budget per optimizer
+    for name in ("distance_vs_iterations.png", "adam_update_norms.png", "samples_Adam.png"):
+        assert (tmp_path / "gan" / name).stat().st_size > 500
+    assert "<!-- gan-optimizers -->" in md.read_text()

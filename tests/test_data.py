@@ -46,3 +46,15 @@ def test_real_mnist_file_when_present():
         warnings.simplefilter("error")
         ds = load_dataset("mnist", "test", root)
     assert len(ds) == 10000 and ds.labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    monkeypatch.delenv("ADV_TRANSPORT_DATA", raising=False)
+    with pytest.raises(ConfigError, match="could not download mnist.*ADV_TRANSPORT_DATA"):
+        load_dataset("mnist", "train", tmp_path)
