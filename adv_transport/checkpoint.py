@@ -29,15 +29,15 @@ def set_rng_states(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a crash leaves either
-    the old file or the new one, never a torn one."""
+def _atomic_write(path: str | os.PathLike, write, mode: str) -> Path:
+    """Write through ``write(file)`` to a temporary file in the same folder, fsync, then rename over ``path``: a
+    crash leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,23 +46,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically (see :func:`_atomic_write`)."""
+    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write a text file atomically (see :func:`_atomic_write`)."""
+    return _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .data import IndexedBatches, load_dataset
+from .data import load_dataset
 from .errors import AdvTransportError, ConfigError
 from .models import build_model
-from .recipes import METHODS, build_method, build_optimizer, recipe
+from .recipes import METHODS, build_training, recipe
 from .threat import ThreatModel
 from .trainer import Trainer
 
@@ -25,33 +25,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _eval_fn(dataset: str, test, threat: ThreatModel, n: int, device):
-    from .eval import evaluate, pgd_defaults
-
-    steps, step_size = pgd_defaults(dataset, threat)
-
-    def fn(model):
-        rep = evaluate(
-            model,
-            test,
-            threat,
-            ("clean", "pgd"),
-            n_examples=n,
-            pgd_steps=steps,
-            pgd_step_size=step_size,
-            device=device,
-            sanity=False,
-        )
-        return {
-            "clean_acc": rep["clean_acc"],
-            "pgd_acc": rep["pgd_acc"],
-            "eval_n": rep["n_examples"],
-            "eval_pgd_steps": steps,
-        }
-
-    return fn
 
 
 RECIPE_FLAGS = (
@@ -152,29 +125,10 @@ def run_train(args) -> Trainer:
             )
     train = load_dataset(r.dataset, "train", args.data_dir).subset(args.train_subset)
     test = load_dataset(r.dataset, "test", args.data_dir)
-    torch.manual_seed(args.seed)
-    model = build_model(r.model, r.dataset).to(device)
-    batches = IndexedBatches(train, r.batch_size, seed=args.seed, device=device)
-    method = build_method(r, len(train), train.shape, seed=args.seed)
-    opt, sched = build_optimizer(r, model.parameters(), len(batches))
-    augment = None
-    if r.augment:
-        from .augment import RandomCropFlip
-
-        augment = RandomCropFlip(padding=4, flip=r.dataset != "mnist")
-    trainer = Trainer(
-        model,
-        opt,
-        method,
-        scheduler=sched,
-        clean_weight=r.clean_weight,
-        augment=augment,
-        run_dir=out,
-        checkpoint_every=args.checkpoint_every,
-        eval_fn=_eval_fn(r.dataset, test, threat, args.eval_n, device),
-        progress=not args.no_progress,
-        config=config,
-    )
+    trainer, batches = build_training(r, train, test, seed=args.seed, device=device, eval_n=args.eval_n, run_dir=out,
+                                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                                      config=config)
+    method = trainer.method
     if args.resume and trainer.resume():
         print(f"resumed {ckpt} at epoch {trainer.epoch} step {trainer.step}", file=sys.stderr)
     print(

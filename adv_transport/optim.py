@@ -56,6 +56,13 @@ class _NormalizedBase(Optimizer):
     """Shared machinery: gathering gradients per group, the two-phase step (directions, then one norm over
     everything or per tensor), state, closures and sparse-gradient errors."""
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("decoupled_weight_decay", False)
+
     def _gather(self, group):
         params, grads = [], []
         for p in group["params"]:
@@ -194,13 +201,6 @@ class NormalizedSGD(_NormalizedBase):
                         maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("decoupled_weight_decay", False)
-
     def _directions(self, group, params, grads, foreach):
         """(numerator, its factor, norms of the magnitude source, norms of the direction), per tensor."""
         g = self._grads(group, params, grads, foreach)
@@ -224,13 +224,6 @@ class _Grafted(_NormalizedBase):
                         weight_decay=weight_decay, normalize=normalize, eps=eps, adam_eps=adam_eps,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("decoupled_weight_decay", False)
 
     def _adam(self, group, params, g, foreach) -> tuple[list[Tensor], list[float]]:
         """Adam's update vector as ``(a, c)`` with ``A = c * a`` per tensor:

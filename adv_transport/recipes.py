@@ -166,3 +166,40 @@ def build_optimizer(r: Recipe, params, steps_per_epoch: int):
     else:
         raise ConfigError(f"unknown lr schedule {r.lr_schedule!r}; accepted: {', '.join(LR_SCHEDULES)}")
     return opt, sched
+
+
+def epoch_check(dataset: str, test, threat: ThreatModel, n_examples: int, device):
+    """``eval_fn`` for the trainer: clean and protocol-PGD accuracy (SPEC section 4) on the first ``n_examples``
+    test points, without the sanity checks (they belong to the final evaluation)."""
+    from .eval import evaluate, pgd_defaults
+
+    steps, step_size = pgd_defaults(dataset, threat)
+
+    def fn(model):
+        rep = evaluate(model, test, threat, ("clean", "pgd"), n_examples=n_examples, pgd_steps=steps,
+                       pgd_step_size=step_size, device=device, sanity=False)
+        return {"clean_acc": rep["clean_acc"], "pgd_acc": rep["pgd_acc"], "eval_n": rep["n_examples"],
+                "eval_pgd_steps": steps}
+
+    return fn
+
+
+def build_training(r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_n: int = 1000, **trainer_kwargs):
+    """Model (seeded initialisation), batches (seeded order), inner step, optimizer, scheduler, augmentation and
+    per-epoch check of recipe ``r``, assembled into a :class:`~adv_transport.trainer.Trainer`.
+    Returns ``(trainer, batches)``; ``trainer_kwargs`` go to the Trainer (run_dir, progress, config, ...)."""
+    from .augment import RandomCropFlip
+    from .data import IndexedBatches
+    from .models import build_model
+    from .trainer import Trainer
+
+    threat = ThreatModel(r.norm, r.eps)
+    torch.manual_seed(seed)
+    model = build_model(r.model, r.dataset).to(device)
+    batches = IndexedBatches(train, r.batch_size, seed=seed, device=device)
+    method = build_method(r, len(train), train.shape, seed=seed)
+    opt, sched = build_optimizer(r, model.parameters(), len(batches))
+    augment = RandomCropFlip(padding=4, flip=r.dataset != "mnist") if r.augment else None
+    trainer = Trainer(model, opt, method, scheduler=sched, clean_weight=r.clean_weight, augment=augment,
+                      eval_fn=epoch_check(r.dataset, test, threat, eval_n, device), **trainer_kwargs)
+    return trainer, batches

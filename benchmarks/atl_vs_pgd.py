@@ -29,7 +29,7 @@ import torch
 
 import adv_transport as at
 from adv_transport.eval import evaluate, pgd_defaults
-from adv_transport.recipes import build_method, build_optimizer, recipe
+from adv_transport.recipes import build_training, recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,39 +61,10 @@ def train_one(label, method_name, changes, args, train, test, threat, device):
         r = r.replace(model=args.cifar_model, epochs=args.cifar_epochs, lr=args.cifar_lr)
     if args.epochs_scale != 1.0:
         r = r.replace(epochs=max(1, round(r.epochs * args.epochs_scale)))
-    torch.manual_seed(args.seed)  # identical initialisation for every method
-    model = at.build_model(r.model, r.dataset).to(device)
-    batches = at.IndexedBatches(train, r.batch_size, seed=args.seed, device=device)
-    method = build_method(r, len(train), train.shape, seed=args.seed)
-    opt, sched = build_optimizer(r, model.parameters(), len(batches))
-    augment = at.RandomCropFlip(4, flip=True) if r.augment else None
-    steps, step_size = pgd_defaults(args.dataset, threat)
-
-    def eval_fn(m):
-        rep = evaluate(
-            m,
-            test,
-            threat,
-            ("clean", "pgd"),
-            n_examples=args.eval_n,
-            pgd_steps=steps,
-            pgd_step_size=step_size,
-            device=device,
-            sanity=False,
-        )
-        return {"clean_acc": rep["clean_acc"], "pgd_acc": rep["pgd_acc"]}
-
-    trainer = at.Trainer(
-        model,
-        opt,
-        method,
-        scheduler=sched,
-        clean_weight=r.clean_weight,
-        augment=augment,
-        eval_fn=eval_fn,
-        progress=not args.no_progress,
-        config={"recipe": r.to_dict()},
-    )
+    # identical initialisation and data order for every method (seeded), the same loop and per-epoch check
+    trainer, batches = build_training(r, train, test, seed=args.seed, device=device, eval_n=args.eval_n,
+                                      progress=not args.no_progress, config={"recipe": r.to_dict()})
+    method = trainer.method
     print(f"[{label}] {r.epochs} epochs, {method.describe()}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     trainer.fit(batches, r.epochs)
@@ -115,7 +86,7 @@ def train_one(label, method_name, changes, args, train, test, threat, device):
     if hasattr(method, "bank"):
         result["bank_bytes"] = method.bank.memory_bytes
         result["bank_bytes_int8"] = method.bank.num_examples * method.bank.copies * math.prod(method.bank.shape)
-    return model, result
+    return trainer.model, result
 
 
 def final_eval(model, test, threat, args, device):

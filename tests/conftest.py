@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -44,3 +45,25 @@ class TinyCNN(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+def write_synthetic_mnist(folder, n_train=200, n_test=60, seed=0):
+    """A tiny stand-in for mnist.npz (same arrays and dtypes as the real file): class c lights rows 2c..2c+3."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        x = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for c in range(10):
+            x[y == c, 2 * c : 2 * c + 4, :] = 230
+        return x, y
+
+    (xtr, ytr), (xte, yte) = split(n_train), split(n_test)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return folder
+
+
+@pytest.fixture()
+def mnist_dir(tmp_path):
+    return write_synthetic_mnist(tmp_path / "data")

@@ -5,9 +5,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,22 +14,6 @@ def load(name):
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture()
-def mnist_dir(tmp_path):
-    rng = np.random.default_rng(0)
-
-    def split(n):
-        y = (np.arange(n) % 10).astype(np.uint8)
-        x = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
-        for c in range(10):
-            x[y == c, 2 * c: 2 * c + 4, :] = 230
-        return x, y
-
-    (xtr, ytr), (xte, yte) = split(200), split(60)
-    np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
-    return tmp_path
 
 
 def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
