@@ -219,3 +219,10 @@ def test_ordering_and_square_checks_on_reports():
     assert "Square attack lowered accuracy by 8.00 points" in _square({"autoattack_detail": detail})[0]
     detail["autoattack"]["square"] = 68.0
     assert _square({"autoattack_detail": detail}) == []
+
+
+def test_autoattack_rand_version_runs_for_randomised_models(model, data):
+    rep = evaluate(model, data, THREAT, ["clean", "autoattack-rand"], n_examples=20, batch_size=20, sanity=False)
+    detail = rep["autoattack_detail"]["autoattack-rand"]
+    assert list(detail) == ["clean", "apgd-ce", "apgd-dlr"]
+    assert rep["autoattack-rand_acc"] <= rep["clean_acc"]
