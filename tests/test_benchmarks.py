@@ -64,7 +64,7 @@ def test_gan_optimizers_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           "--benchmarks-md", str(md)])
     assert [r["optimizer"] for r in results["summary"]] == ["Adam", "nSGDA (layer)", "AdaDir"]
     assert all(len(runs) == 2 for runs in results["seeds"].values())
-    assert all(len(results["sweep"][n]) == 3 for n in results["sweep"])  # equal sweep budget per optimizer
+    assert all(len(results["sweep"][n]) == 4 for n in results["sweep"])  # equal sweep budget per optimizer
     for name in ("distance_vs_iterations.png", "adam_update_norms.png", "samples_Adam.png"):
         assert (tmp_path / "gan" / name).stat().st_size > 500
     assert "<!-- gan-optimizers -->" in md.read_text()
