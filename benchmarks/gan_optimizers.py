@@ -125,7 +125,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int)
     ap.add_argument("--out", help="results folder (default benchmarks/results/gan[-quick])")
     ap.add_argument("--benchmarks-md", help="BENCHMARKS.md to update (default: the repository's, not in --quick)")
+    ap.add_argument("--from-results", help="only redo the summary, plots and Markdown from a saved results.json")
     args = ap.parse_args(argv)
+    if args.from_results:
+        results = json.loads(Path(args.from_results).read_text())
+        return finish(results, Path(args.from_results).parent, args.benchmarks_md, results["args"]["quick"])
     if args.threads:
         torch.set_num_threads(args.threads)
     import subprocess
@@ -164,13 +168,17 @@ def main(argv=None):
                 save_grid(fake, out / f"samples_{re.sub(r'[^A-Za-z]+', '_', name).strip('_')}.png")
         results["seeds"][name] = runs
         (out / "results.json").write_text(json.dumps(results, indent=1))
+    return finish(results, out, args.benchmarks_md, args.quick)
+
+
+def finish(results, out, benchmarks_md, quick):
     summary = summarise(results)
     results["summary"] = summary
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plots(results, out)
     section = markdown(results, summary, out)
     (out / "summary.md").write_text(section)
-    md_path = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
+    md_path = Path(benchmarks_md) if benchmarks_md else (None if quick else ROOT / "BENCHMARKS.md")
     if md_path is not None:
         text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n"
         pattern = re.compile(r"<!-- gan-optimizers -->.*?<!-- /gan-optimizers -->\n", re.S)
@@ -181,14 +189,21 @@ def main(argv=None):
 
 
 def summarise(results):
+    """Mean and std over seeds; a diverged run (non-finite distance) is counted apart and left out of the distance
+    statistics (its coverage still counts)."""
     rows = []
     for name, runs in results["seeds"].items():
-        d = [r["final_distance"] for r in runs]
+        d = [r["final_distance"] for r in runs if _finite(r["final_distance"])]
         cov = [r["coverage"]["classes_covered"] for r in runs]
         kl = [r["coverage"]["kl_to_uniform"] for r in runs]
-        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-        rows.append({"optimizer": name, "lr": results["chosen"][name], "distance": (statistics.mean(d), sd(d)),
-                     "classes": (statistics.mean(cov), sd(cov)), "kl": (statistics.mean(kl), sd(kl))})
+
+        def stats(v):
+            if not v:
+                return (float("nan"), float("nan"))
+            return (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+
+        rows.append({"optimizer": name, "lr": results["chosen"][name], "distance": stats(d),
+                     "diverged": len(runs) - len(d), "runs": len(runs), "classes": stats(cov), "kl": stats(kl)})
     return rows
 
 
@@ -200,9 +215,11 @@ def plots(results, out):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, runs in results["seeds"].items():
-        iters = [p["iter"] for p in runs[0]["curve"]]
-        vals = [[r["curve"][i]["distance"] for r in runs if i < len(r["curve"])] for i in range(len(iters))]
-        ax.plot(iters, [statistics.mean(v) for v in vals], marker=".", label=f"{name} (lr {results['chosen'][name]:g})")
+        iters = [p["iter"] for p in max(runs, key=lambda r: len(r["curve"]))["curve"]]
+        vals = [[r["curve"][i]["distance"] for r in runs if i < len(r["curve"]) and _finite(r["curve"][i]["distance"])]
+                for i in range(len(iters))]
+        means = [statistics.mean(v) if v else float("nan") for v in vals]
+        ax.plot(iters, means, marker=".", label=f"{name} (lr {results['chosen'][name]:g}; finite runs)")
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("Fréchet distance in MNIST-CNN features (log)")
@@ -227,14 +244,17 @@ def plots(results, out):
         plt.close(fig)
 
 
-def adam_norm_stability(results):
-    """Coefficient of variation over training of each Adam layer's update norm (seed 1), median over layers."""
+def adam_norm_stability(results, only_weights=False):
+    """Coefficient of variation over training of each Adam layer's update norm (seed 1), median over layers
+    (``only_weights``: tensors named '*.weight' only, leaving out biases)."""
     if "Adam" not in results["seeds"] or not results["seeds"]["Adam"][0]["norms"]:
         return None
     norms = results["seeds"]["Adam"][0]["norms"]
     cvs = []
     for player in ("g", "d"):
         for layer in norms[0][player]:
+            if only_weights and not layer.endswith("weight"):
+                continue
             vals = [n[player][layer] for n in norms[len(norms) // 5:]]  # after the first fifth of training
             if len(vals) > 1 and statistics.mean(vals) > 0:
                 cvs.append(statistics.stdev(vals) / statistics.mean(vals))
@@ -257,20 +277,22 @@ def markdown(results, summary, out):
         f"trained here (clean test accuracy {results['classifier_test_acc']:.4f}); not FID. Coverage: classes with "
         "at least 1 % of the generated digits under that classifier, and KL(class histogram || uniform).",
         "",
-        "| optimizer | lr | Fréchet distance (final) | classes covered | KL to uniform |",
-        "|---|---:|---:|---:|---:|",
+        "| optimizer | lr | Fréchet distance (final) | diverged runs | classes covered | KL to uniform |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in summary:
         lines.append(f"| {r['optimizer']} | {r['lr']:g} | {r['distance'][0]:.2f} ± {r['distance'][1]:.2f} | "
-                     f"{r['classes'][0]:.1f} ± {r['classes'][1]:.1f} | {r['kl'][0]:.3f} ± {r['kl'][1]:.3f} |")
+                     f"{r['diverged']}/{r['runs']} | {r['classes'][0]:.1f} ± {r['classes'][1]:.1f} | "
+                     f"{r['kl'][0]:.3f} ± {r['kl'][1]:.3f} |")
     sweep = "; ".join(f"{n}: " + ", ".join(f"{s['lr']:g} -> {s['final_distance']:.1f}" for s in sw)
                       for n, sw in results["sweep"].items())
-    cv = adam_norm_stability(results)
+    cv, cv_w = adam_norm_stability(results), adam_norm_stability(results, only_weights=True)
     lines += ["", f"Sweep (seed 0, final distance): {sweep}.", "",
               f"Adam's per-layer update norm: median coefficient of variation over the last 80 % of training "
-              f"{'n/a' if cv is None else f'{cv:.2f}'} (plot `{rel}/adam_update_norms.png`). Distance against "
+              f"{'n/a' if cv is None else f'{cv:.2f}'} over all tensors, {'n/a' if cv_w is None else f'{cv_w:.2f}'} "
+              f"over weight tensors (plot `{rel}/adam_update_norms.png`). Distance against "
               f"iterations: `{rel}/distance_vs_iterations.png`; samples: `{rel}/samples_*.png`.",
-              "", "FINDINGS_PLACEHOLDER", "<!-- /gan-optimizers -->"]
+              "<!-- /gan-optimizers -->"]
     return "\n".join(lines) + "\n"
 
 
