@@ -47,6 +47,7 @@ RECIPE_FLAGS = (
     "bank_init",
     "model_mode",
     "eps_ramp",
+    "noise_mult",
 )
 
 
@@ -70,7 +71,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--copies", type=int, help="bank copies K per example")
     p.add_argument("--bank-dtype", choices=("float32", "float16", "int8"))
     p.add_argument("--bank-init", choices=("zero", "uniform"))
-    p.add_argument("--eps-ramp", type=float, help="PGD: grow eps linearly from 0 over this many epochs")
+    p.add_argument("--eps-ramp", type=float, help="PGD, FGSM-RS, N-FGSM: grow eps from 0 over this many epochs")
+    p.add_argument("--noise-mult", type=float, help="N-FGSM: start uniform in a box of this many eps (default 2)")
     p.add_argument("--model-mode", choices=("train", "eval"), help="model mode during the inner step (default train)")
     p.add_argument(
         "--augment",

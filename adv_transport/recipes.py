@@ -55,6 +55,7 @@ class Recipe:
     bank_init: str = "zero"
     model_mode: str = "train"
     eps_ramp: float = 0.0  # epochs over which PGD's eps grows linearly from 0 (0 = no warm-up)
+    noise_mult: float = 2.0  # N-FGSM: the start is uniform in a box of noise_mult * eps
     extra: dict[str, Any] = field(default_factory=dict)
 
     def replace(self, **changes) -> Recipe:
@@ -93,14 +94,17 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # warm-up is given to every single-step baseline.
     ("pgd", "mnist"): Recipe("pgd", **_MNIST, epochs=10, steps=40, step_size=0.01, eps_ramp=3),
     ("fgsm-rs", "mnist"): Recipe("fgsm-rs", **_MNIST, epochs=10, step_size=0.375, eps_ramp=3),
-    ("n-fgsm", "mnist"): Recipe("n-fgsm", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3),
+    # N-FGSM's default noise of 2 eps (0.6 at MNIST eps = 0.3) did not train (0 % PGD-40); measured on full MNIST,
+    # 10 epochs: noise 1 eps 97.2 % clean / 63.6 % PGD-40, noise 0.5 eps 97.2 % / 0.0 %. 1 eps it is.
+    ("n-fgsm", "mnist"): Recipe("n-fgsm", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3, noise_mult=1.0),
     ("clean", "mnist"): Recipe("clean", **_MNIST, epochs=5),
     ("atl", "cifar10"): Recipe(
         "atl", **_CIFAR, epochs=30, steps=1, step_size=8 / 255 / 6, noise_scale=0.2, bank_init="uniform"
     ),
-    ("pgd", "cifar10"): Recipe("pgd", **_CIFAR, epochs=30, steps=10, step_size=2 / 255),
-    ("fgsm-rs", "cifar10"): Recipe("fgsm-rs", **_CIFAR, epochs=30, step_size=10 / 255),
-    ("n-fgsm", "cifar10"): Recipe("n-fgsm", **_CIFAR, epochs=30, step_size=8 / 255),
+    # without a warm-up PGD-10 AT and FGSM-RS stayed at chance on the small CNN (measured: loss 2.30 for 15 epochs)
+    ("pgd", "cifar10"): Recipe("pgd", **_CIFAR, epochs=30, steps=10, step_size=2 / 255, eps_ramp=5),
+    ("fgsm-rs", "cifar10"): Recipe("fgsm-rs", **_CIFAR, epochs=30, step_size=10 / 255, eps_ramp=5),
+    ("n-fgsm", "cifar10"): Recipe("n-fgsm", **_CIFAR, epochs=30, step_size=8 / 255, eps_ramp=5),
     ("clean", "cifar10"): Recipe("clean", **_CIFAR, epochs=30),
 }
 
@@ -128,7 +132,7 @@ def build_method(
     if r.method == "fgsm-rs":
         return FGSMRS(threat, r.step_size, r.model_mode, eps_ramp=r.eps_ramp)
     if r.method == "n-fgsm":
-        return NFGSM(threat, r.step_size, model_mode=r.model_mode, eps_ramp=r.eps_ramp)
+        return NFGSM(threat, r.step_size, r.noise_mult, model_mode=r.model_mode, eps_ramp=r.eps_ramp)
     if r.method == "atl":
         bank = AdversarialBank(
             num_examples,

@@ -58,3 +58,17 @@ def test_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("ADV_TRANSPORT_DATA", raising=False)
     with pytest.raises(ConfigError, match="could not download mnist.*ADV_TRANSPORT_DATA"):
         load_dataset("mnist", "train", tmp_path)
+
+
+def test_class_sorted_test_split_is_served_interleaved(tmp_path):
+    y = np.repeat(np.arange(3), 4)  # sorted by class, as the lossy CIFAR-10 test split
+    x = np.zeros((12, 32, 32, 3), dtype=np.uint8)
+    x[:, 0, 0, 0] = np.arange(12)  # remember each image's original position
+    np.savez(tmp_path / "cifar10_jpeg_lossy.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    with pytest.warns(UserWarning):
+        test = load_dataset("cifar10", "test", tmp_path)
+    assert test.labels[:6].tolist() == [0, 1, 2, 0, 1, 2]
+    assert (test.images[:6, 0, 0, 0]).tolist() == [0, 4, 8, 1, 5, 9]  # each class keeps its own order
+    with pytest.warns(UserWarning):
+        train = load_dataset("cifar10", "train", tmp_path)
+    assert train.labels.tolist() == y.tolist()  # training order is left alone
