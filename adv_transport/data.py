@@ -96,7 +96,7 @@ def _from_npz(path: Path, name: str, split: str) -> IndexedDataset:
     lossy = "lossy" in path.name
     if lossy:
         warnings.warn(LOSSY_NOTE, stacklevel=3)
-    if split == "test" and len(y) > 1 and bool(np.all(np.diff(np.asarray(y)) >= 0)):
+    if split == "test" and len(y) > 1 and bool(np.all(np.diff(np.asarray(y).astype(np.int64)) >= 0)):
         # a test split sorted by class (the JPEG-lossy CIFAR-10 copy): interleave the classes, keeping each class's
         # own order, so that "the first N test points" is a class-balanced slice, as in the official order
         order = interleave_by_class(np.asarray(y))

@@ -72,3 +72,10 @@ def test_class_sorted_test_split_is_served_interleaved(tmp_path):
     with pytest.warns(UserWarning):
         train = load_dataset("cifar10", "train", tmp_path)
     assert train.labels.tolist() == y.tolist()  # training order is left alone
+
+
+def test_unsorted_test_split_keeps_its_order(tmp_path):
+    y = np.array([7, 2, 1, 0, 4, 1], dtype=np.uint8)  # uint8 like the real files: no wrap-around in the check
+    x = np.zeros((6, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    assert load_dataset("mnist", "test", tmp_path).labels.tolist() == [7, 2, 1, 0, 4, 1]
