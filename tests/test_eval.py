@@ -86,6 +86,7 @@ def test_autoattack_is_not_weaker_than_pgd(model, data):
 
 
 def test_interrupted_evaluation_resumes_without_redoing_batches(model, data, tmp_path, monkeypatch):
+    resume_settings = dict(n_examples=200, batch_size=50, pgd_steps=5, pgd_step_size=0.06, sanity=False)
     full = evaluate(
         model,
         data,
@@ -109,33 +110,11 @@ def test_interrupted_evaluation_resumes_without_redoing_batches(model, data, tmp
     monkeypatch.setattr(robustness, "pgd", dying_pgd)
     state = tmp_path / "eval.state.pt"
     with pytest.raises(KeyboardInterrupt):
-        evaluate(
-            model,
-            data,
-            THREAT,
-            ["clean", "fgsm", "pgd"],
-            n_examples=200,
-            batch_size=50,
-            pgd_steps=5,
-            pgd_step_size=0.06,
-            state_path=state,
-            sanity=False,
-        )
+        evaluate(model, data, THREAT, ["clean", "fgsm", "pgd"], state_path=state, **resume_settings)
     assert torch.load(state, weights_only=False)["done"] == 2
     calls.clear()
     monkeypatch.setattr(robustness, "pgd", lambda *a, **k: (calls.append(1), real_pgd(*a, **k))[1])
-    resumed = evaluate(
-        model,
-        data,
-        THREAT,
-        ["clean", "fgsm", "pgd"],
-        n_examples=200,
-        batch_size=50,
-        pgd_steps=5,
-        pgd_step_size=0.06,
-        state_path=state,
-        sanity=False,
-    )
+    resumed = evaluate(model, data, THREAT, ["clean", "fgsm", "pgd"], state_path=state, **resume_settings)
     assert len(calls) == 2  # only the two unfinished batches were attacked again
     for key in ("clean_acc", "fgsm_acc", "pgd_acc", "per_class"):
         assert resumed[key] == full[key]
@@ -164,31 +143,25 @@ def test_sane_model_passes_the_sanity_checks(model, data):
     assert sweep[-1] <= 100 / 10 + 10
 
 
-class Probabilities(nn.Module):
+class _Wrapped(nn.Module):
     def __init__(self, m):
         super().__init__()
         self.m = m
 
+
+class Probabilities(_Wrapped):
     def forward(self, x):
         return self.m(x).softmax(1)
 
 
-class Saturated(nn.Module):
+class Saturated(_Wrapped):
     """Gradient masking by logit scaling: the softmax saturates and the input gradient underflows to zero."""
-
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
 
     def forward(self, x):
         return self.m(x) * 1e4
 
 
-class Noisy(nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
+class Noisy(_Wrapped):
     def forward(self, x):
         return self.m(x + 0.05 * torch.randn_like(x))
 
