@@ -6,27 +6,8 @@ from adv_transport.cli import main
 
 
 def _train(mnist_dir, out, *extra):
-    return main(
-        [
-            "train",
-            "--method",
-            "atl",
-            "--dataset",
-            "mnist",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "32",
-            "--eval-n",
-            "20",
-            "--data-dir",
-            str(mnist_dir),
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    argv = "train --method atl --dataset mnist --epochs 2 --batch-size 32 --eval-n 20 --no-progress".split()
+    return main(argv + ["--data-dir", str(mnist_dir), "--out", str(out), *extra])
 
 
 def test_train_writes_checkpoint_and_jsonl_log(mnist_dir, tmp_path):
@@ -76,22 +57,7 @@ def test_eval_prints_table_and_writes_reports(mnist_dir, tmp_path, capsys):
 
 def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
     out = tmp_path / "demo"
-    assert (
-        main(
-            [
-                "demo",
-                "--epochs",
-                "1",
-                "--eval-n",
-                "20",
-                "--data-dir",
-                str(mnist_dir),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    argv = "demo --epochs 1 --eval-n 20 --no-progress".split()
+    assert main(argv + ["--data-dir", str(mnist_dir), "--out", str(out)]) == 0
     assert (out / "training.png").stat().st_size > 1000
     assert (out / "eval.md").is_file()

@@ -67,17 +67,8 @@ def test_our_pgd_agrees_with_torchattacks(model, data):
 
 
 def test_autoattack_is_not_weaker_than_pgd(model, data):
-    rep = evaluate(
-        model,
-        data,
-        THREAT,
-        ["clean", "pgd", "autoattack"],
-        n_examples=120,
-        batch_size=60,
-        pgd_steps=10,
-        pgd_step_size=0.06,
-        sanity=False,
-    )
+    settings = dict(n_examples=120, batch_size=60, pgd_steps=10, pgd_step_size=0.06, sanity=False)
+    rep = evaluate(model, data, THREAT, ["clean", "pgd", "autoattack"], **settings)
     assert rep["autoattack_acc"] <= rep["pgd_acc"]
     detail = rep["autoattack_detail"]["autoattack"]
     assert list(detail) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
@@ -87,17 +78,7 @@ def test_autoattack_is_not_weaker_than_pgd(model, data):
 
 def test_interrupted_evaluation_resumes_without_redoing_batches(model, data, tmp_path, monkeypatch):
     resume_settings = dict(n_examples=200, batch_size=50, pgd_steps=5, pgd_step_size=0.06, sanity=False)
-    full = evaluate(
-        model,
-        data,
-        THREAT,
-        ["clean", "fgsm", "pgd"],
-        n_examples=200,
-        batch_size=50,
-        pgd_steps=5,
-        pgd_step_size=0.06,
-        sanity=False,
-    )
+    full = evaluate(model, data, THREAT, ["clean", "fgsm", "pgd"], **resume_settings)
     calls = []
     real_pgd = robustness.pgd
 
