@@ -3,7 +3,8 @@
 The bank stores ``delta = x_adv - x`` rather than ``x_adv``: delta is bounded by eps, so it quantises to int8 (one byte
 per input value, a uniform grid of step eps/127 over [-eps, eps]) or float16 without meaningful loss. Whatever the
 storage dtype, after every write each stored delta (as read back) lies in the threat ball and ``x + delta`` in
-[0, 1] (up to float32 rounding, 1e-6): values that rounding would push outside are rounded toward zero instead,
+[0, 1]. float32 storage keeps the projected delta as computed (feasible up to one float32 rounding, below 1e-7 for
+inputs in [0, 1]); float16 and int8 storage round values that quantisation would push outside toward zero instead,
 which stays feasible because the feasible set of each coordinate is an interval containing both 0 and delta.
 
 Chains start lazily on their first read, either clean (delta = 0) or uniformly in the ball; the first read is
@@ -124,6 +125,8 @@ class AdversarialBank:
     def _quantise_feasible(self, delta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Encode a feasible ``delta`` so that its decoded value is still feasible."""
         stored = self._encode(delta)
+        if self.dtype == "float32":  # stored exactly as computed: nothing to round
+            return stored
         for _ in range(4):  # one step toward zero always suffices; the loop guards float corner cases
             deq = self._decode(stored)
             bad = (deq < -x) | (deq > 1.0 - x)

@@ -91,10 +91,16 @@ class LangevinSampler:
         eta, s = self._check_values(t)
         x_adv = x + delta
         grad, _ = input_gradient(model, x_adv, y)
-        x_adv = x_adv.detach() + eta * self.threat.direction(grad)
+        # in place on tensors this step owns: each elementwise pass over the batch costs as much as a small layer
+        x_adv = x_adv.detach()
+        x_adv.add_(grad.sign_() if self.threat.norm == "linf" else self.threat.direction(grad), alpha=eta)
         if s > 0:
-            x_adv = x_adv + s * math.sqrt(2.0 * eta) * self._xi(x_adv, generator)
-        return (self.threat.clip(x, x_adv) - x).detach()
+            amplitude = s * math.sqrt(2.0 * eta)
+            if generator is None and self.noise == "uniform":
+                x_adv.add_(torch.empty_like(x_adv).uniform_(-amplitude, amplitude))
+            else:
+                x_adv.add_(self._xi(x_adv, generator), alpha=amplitude)
+        return self.threat.delta_to(x, x_adv)
 
     def sample(
         self,

@@ -24,6 +24,7 @@ from .augment import Augmented, RandomCropFlip
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_states, set_rng_states
 from .errors import ConfigError, MissingIndexError, NonFiniteLossError
 from .methods import InnerStep
+from .modes import ensure_mode
 from .threat import check_unit_range
 
 SCHEDULER_STEPS = ("batch", "epoch")
@@ -201,7 +202,7 @@ class Trainer:
         if self.augment is not None:
             view = Augmented(model, self.augment.sample(x), self.augment.padding)
         x_adv = self.method.perturb(view, x, y, idx, t)
-        model.train()
+        ensure_mode(model, True)
         logits = view(x_adv)
         loss = F.cross_entropy(logits, y)
         if self.clean_weight > 0:

@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adv_transport import ConfigError, LangevinSampler, ThreatModel
 from adv_transport.schedules import Linear
@@ -67,6 +69,39 @@ def test_uniform_noise_is_bounded_by_its_scale():
     assert delta.std() > 0
 
 
+def test_unseeded_uniform_noise_fills_its_interval():
+    # zero weights: zero gradient, so delta is the noise alone, uniform in [-a, a] with a = s * sqrt(2 eta)
+    eta, s_scale = 0.005, 1.0
+    a = s_scale * math.sqrt(2 * eta)
+    torch.manual_seed(0)
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=eta, noise_scale=s_scale, steps=1)
+    delta = s.sample(Linear2(torch.zeros(2, 4)), torch.full((2048, 1, 2, 2), 0.5), torch.zeros(2048, dtype=torch.long))
+    assert delta.abs().max() <= a + 1e-6
+    assert delta.min() < -0.98 * a and delta.max() > 0.98 * a
+    assert abs(delta.mean().item()) < 0.01 and delta.std().item() == pytest.approx(a / math.sqrt(3), rel=0.03)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    norm=st.sampled_from(["linf", "l2"]),
+    eps=st.floats(0.01, 0.9),
+    seed=st.integers(0, 2**16),
+    scale=st.floats(0.0, 3.0),
+)
+def test_delta_to_is_clip_minus_x(norm, eps, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    threat = ThreatModel(norm, eps)
+    x = torch.rand(3, 1, 2, 2, generator=g)
+    x[0, 0, 0] = 0.0
+    x[1, 0, 0] = 1.0
+    x_adv = x + scale * (torch.rand(x.shape, generator=g) * 2 - 1)
+    expected = threat.clip(x, x_adv) - x
+    delta = threat.delta_to(x, x_adv.clone())
+    assert torch.allclose(delta, expected, atol=1e-6)
+    assert threat.contains(delta, atol=1e-6).all()
+    assert (x + delta).min() >= -1e-6 and (x + delta).max() <= 1 + 1e-6
+
+
 def test_scheduled_step_size_follows_progress():
     s = LangevinSampler(ThreatModel("linf", 0.3), step_size=Linear(0.01, 0.05, epochs=4), noise_scale=0.0)
     assert s.sample(Linear2(W), X, Y, t=0.0).abs().max().item() == pytest.approx(0.01)
@@ -89,6 +124,20 @@ def test_model_mode_is_set_while_sampling_and_restored():
     m.train()
     LangevinSampler(ThreatModel("linf", 0.3), model_mode="eval").sample(m, X, Y)
     assert seen == [False] and m.training
+
+
+def test_model_mode_restores_each_submodule():
+    # a model trained with a frozen (eval-mode) submodule keeps it frozen after the sampler ran in either mode
+    m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2), torch.nn.Dropout(0.5))
+    m.train()
+    m[2].eval()
+    for mode in ("train", "eval"):
+        seen = []
+        hook = m[1].register_forward_hook(lambda mod, i, o, seen=seen: seen.append(mod.training))
+        LangevinSampler(ThreatModel("linf", 0.3), model_mode=mode).sample(m, X, Y)
+        hook.remove()
+        assert seen == [mode == "train"]
+        assert [mod.training for mod in m] == [True, True, False]
 
 
 def test_bad_sampler_settings_are_explained():
