@@ -8,7 +8,7 @@ aligned with its example whatever crop or flip a visit used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -24,22 +24,32 @@ class CropFlipParams:
     dy: torch.Tensor
     dx: torch.Tensor
     flip: torch.Tensor
+    _index: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _key: tuple | None = field(default=None, repr=False, compare=False)
+
+    def gather_index(self, c: int, h: int, w: int, padding: int) -> torch.Tensor:
+        """Flat indices into each padded image (shape ``(b, c, h * w)``), built once per visit and reused by every
+        forward pass of that visit. A flip is folded in by reading the crop's columns right to left."""
+        b = self.dy.shape[0]
+        if self._key != (b, c, h, w, padding):
+            device = self.dy.device
+            cols = torch.arange(w, device=device).view(1, w)
+            cols = torch.where(self.flip.view(b, 1), w - 1 - cols, cols) + self.dx.view(b, 1)
+            rows = self.dy.view(b, 1) + torch.arange(h, device=device).view(1, h)
+            flat = rows.view(b, h, 1) * (w + 2 * padding) + cols.view(b, 1, w)
+            self._index = flat.view(b, 1, h * w).expand(b, c, h * w)
+            self._key = (b, c, h, w, padding)
+        return self._index
 
 
 def crop_flip(x: torch.Tensor, params: CropFlipParams, padding: int) -> torch.Tensor:
     """Zero-pad by ``padding``, crop back to the input size at per-example offsets, then flip where asked.
-    Pure indexing, so it is differentiable with respect to ``x``."""
+    One ``gather`` over the flattened padded images, so it is differentiable with respect to ``x`` (its backward is
+    a single scatter-add)."""
     b, c, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding)) if padding else x
-    rows = params.dy.view(b, 1) + torch.arange(h, device=x.device).view(1, h)
-    cols = params.dx.view(b, 1) + torch.arange(w, device=x.device).view(1, w)
-    out = padded[
-        torch.arange(b, device=x.device).view(b, 1, 1, 1),
-        torch.arange(c, device=x.device).view(1, c, 1, 1),
-        rows.view(b, 1, h, 1),
-        cols.view(b, 1, 1, w),
-    ]
-    return torch.where(params.flip.view(b, 1, 1, 1), out.flip(-1), out)
+    index = params.gather_index(c, h, w, padding)
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 class RandomCropFlip:

@@ -27,6 +27,25 @@ def test_crop_flip_matches_manual_indexing():
     assert torch.equal(out[1], padded[1, :, 2:6, 2:6].flip(-1))
 
 
+def test_crop_flip_and_its_gradient_match_per_example_slicing():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 7, 5, generator=g, requires_grad=True)
+    p = RandomCropFlip(padding=2).sample(x, generator=g)
+    weights = torch.rand(16, 3, 7, 5, generator=g)
+    out = crop_flip(x, p, padding=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    ref = []
+    for i in range(16):
+        crop = padded[i, :, p.dy[i] : p.dy[i] + 7, p.dx[i] : p.dx[i] + 5]
+        ref.append(crop.flip(-1) if p.flip[i] else crop)
+    ref = torch.stack(ref)
+    assert torch.equal(out, ref)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    (ref_grad,) = torch.autograd.grad((ref * weights).sum(), x)
+    assert torch.allclose(grad, ref_grad)
+    assert torch.equal(crop_flip(x, p, padding=2), out)  # the cached index of the visit is reused as is
+
+
 def test_delta_stays_in_the_unaugmented_frame():
     # The model reads pixel (1, 1) of the augmented image. With padding 2, crop offset (dy, dx) and a flip, that pixel
     # comes from x[1 + dy - 2, (W - 1 - 1) + dx - 2] (the flip comes after the crop). ATL must move exactly that
