@@ -67,16 +67,18 @@ class LangevinSampler:
             raise ConfigError(f"Langevin noise scale must be >= 0, got {s!r} at progress t={t:g}")
         return eta, s
 
-    def _xi(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _noise(self, like: torch.Tensor, amplitude: float, generator: torch.Generator | None) -> torch.Tensor:
+        """``amplitude * xi``, xi uniform in [-1, 1] or standard Gaussian per coordinate. With a ``generator`` the
+        draw happens on the CPU (reproducible across devices); without one, in one pass on ``like``'s device."""
         if generator is not None:
             if self.noise == "uniform":
                 xi = torch.rand(like.shape, generator=generator, dtype=like.dtype) * 2 - 1
             else:
                 xi = torch.randn(like.shape, generator=generator, dtype=like.dtype)
-            return xi.to(like.device)
+            return xi.to(like.device).mul_(amplitude)
         if self.noise == "uniform":
-            return torch.rand_like(like) * 2 - 1
-        return torch.randn_like(like)
+            return torch.empty_like(like).uniform_(-amplitude, amplitude)
+        return torch.randn_like(like).mul_(amplitude)
 
     def step(
         self,
@@ -95,11 +97,7 @@ class LangevinSampler:
         x_adv = x_adv.detach()
         x_adv.add_(grad.sign_() if self.threat.norm == "linf" else self.threat.direction(grad), alpha=eta)
         if s > 0:
-            amplitude = s * math.sqrt(2.0 * eta)
-            if generator is None and self.noise == "uniform":
-                x_adv.add_(torch.empty_like(x_adv).uniform_(-amplitude, amplitude))
-            else:
-                x_adv.add_(self._xi(x_adv, generator), alpha=amplitude)
+            x_adv.add_(self._noise(x_adv, s * math.sqrt(2.0 * eta), generator))
         return self.threat.delta_to(x, x_adv)
 
     def sample(
