@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,8 +28,22 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["meta"]["train_n"] == 200
-    for res in results["results"].values():
+    from adv_transport.recipes import recipe
+
+    for label, res in results["results"].items():
         assert res["final"]["n_examples"] == 20 and "autoattack_acc" in res["final"]
+        # the same model and optimizer family for every method, each with its documented recipe
+        name, changes = bench.MNIST_METHODS[label]
+        documented = recipe(name, "mnist").replace(**changes)
+        documented = documented.replace(epochs=max(1, round(documented.epochs * 0.1)))  # --quick scales epochs
+        assert res["recipe"] == documented.to_dict()
+        assert (res["recipe"]["model"], res["recipe"]["optimizer"]) == ("mnist-cnn", "adam")
+        # every epoch logs PGD accuracy against training seconds and counted gradient evaluations
+        for rec in res["history"]:
+            assert {"pgd_acc", "train_seconds", "input_grad_evals", "param_grad_evals"} <= set(rec)
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["clean"]["epoch_cost_vs_clean"] == 1.0 and rows["ATL T=1"]["bank_bytes"] > 0
+    assert all("seconds_to_target" in r for r in rows.values())
     assert (tmp_path / "out" / "robust_error_vs_time.png").stat().st_size > 1000
     text = md.read_text()
     assert "<!-- atl-vs-pgd:mnist -->" in text and "Targets:" in text
@@ -68,3 +84,21 @@ def test_gan_optimizers_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     for name in ("distance_vs_iterations.png", "adam_update_norms.png", "samples_Adam.png"):
         assert (tmp_path / "gan" / name).stat().st_size > 500
     assert "<!-- gan-optimizers -->" in md.read_text()
+
+
+def test_every_method_starts_from_the_same_weights_and_data_order(mnist_dir):
+    """What makes the benchmark side by side: build_training seeds the initialisation and the batch order alike for
+    every method."""
+    import adv_transport as at
+    from adv_transport.recipes import build_training, recipe
+
+    train = at.load_dataset("mnist", "train", str(mnist_dir)).subset(300)
+    test = at.load_dataset("mnist", "test", str(mnist_dir))
+    built = [build_training(recipe(m, "mnist"), train, test, seed=0, eval_n=10, progress=False) for m in
+             ("clean", "atl", "pgd", "fgsm-rs", "n-fgsm")]
+    first_model, first_batches = built[0][0].model, built[0][1]
+    for trainer, batches in built[1:]:
+        for a, b in zip(first_model.parameters(), trainer.model.parameters()):
+            assert torch.equal(a, b)
+        for (_, _, idx_a), (_, _, idx_b) in zip(first_batches.iterate(0, 0), batches.iterate(0, 0)):
+            assert torch.equal(idx_a, idx_b)
