@@ -88,17 +88,23 @@ class LangevinSampler:
         delta: torch.Tensor,
         t: float = 0.0,
         generator: torch.Generator | None = None,
+        threat: ThreatModel | None = None,
     ) -> torch.Tensor:
-        """One Langevin step from ``x + delta``; returns the new delta (detached). The model mode is not changed."""
+        """One Langevin step from ``x + delta``; returns the new delta (detached). The model mode is not changed.
+        ``threat``: a smaller ball to sample in (an eps warm-up); eta then scales with its eps."""
         eta, s = self._check_values(t)
+        if threat is None:
+            threat = self.threat
+        elif threat.eps != self.threat.eps:
+            eta *= threat.eps / self.threat.eps
         x_adv = x + delta
         grad, _ = input_gradient(model, x_adv, y)
         # in place on tensors this step owns: each elementwise pass over the batch costs as much as a small layer
         x_adv = x_adv.detach()
-        x_adv.add_(grad.sign_() if self.threat.norm == "linf" else self.threat.direction(grad), alpha=eta)
+        x_adv.add_(grad.sign_() if threat.norm == "linf" else threat.direction(grad), alpha=eta)
         if s > 0:
             x_adv.add_(self._noise(x_adv, s * math.sqrt(2.0 * eta), generator))
-        return self.threat.delta_to(x, x_adv)
+        return threat.delta_to(x, x_adv)
 
     def sample(
         self,
@@ -108,13 +114,14 @@ class LangevinSampler:
         delta: torch.Tensor | None = None,
         t: float = 0.0,
         generator: torch.Generator | None = None,
+        threat: ThreatModel | None = None,
     ) -> torch.Tensor:
         """Advance the chains ``x + delta`` (clean start when ``delta`` is None) by T steps; returns the new delta."""
         x = x.detach()
         delta = torch.zeros_like(x) if delta is None else delta.detach()
         with model_mode(model, self.model_mode):
             for _ in range(self.steps):
-                delta = self.step(model, x, y, delta, t, generator)
+                delta = self.step(model, x, y, delta, t, generator, threat)
         return delta
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta=None, t: float = 0.0) -> torch.Tensor:

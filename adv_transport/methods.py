@@ -8,6 +8,11 @@ All methods run through the same training loop (:class:`adv_transport.trainer.Tr
 - ``n-fgsm``: one signed step of size alpha (default eps) from a start uniform in a k*eps box (default k = 2),
   *not* projected back to the eps ball, only to [0, 1] (de Jorge et al. 2022).
 - ``atl``: Langevin adversarial transport: T warm-started Langevin steps from the sample kept in the bank.
+- ``atta``: ATTA (Zheng et al., CVPR 2020): the bank's perturbation advanced by one projected signed step per visit
+  (no noise), the bank reset every ``reset_every`` epochs (10 in the paper's code).
+- ``fgsm-pgi``: FGSM-PGI (Jia et al., ECCV 2022, the momentum-prior variant FGSM-MEP): one FGSM step of size eps from
+  the stored per-example perturbation; the stored one is advanced along a per-example gradient momentum; the training
+  loss adds ``lam`` times the mean squared error between the logits at the stored and at the new perturbation.
 
 ``input_grad_passes`` is how many input-gradient evaluations each example costs per visit.
 """
@@ -18,22 +23,46 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .attacks import input_gradient, pgd
 from .bank import AdversarialBank
 from .errors import ConfigError
 from .langevin import LangevinSampler
 from .modes import check_mode, model_mode
+from .schedules import value_at
 from .threat import ThreatModel
+
+
+def warmed_up(threat: ThreatModel, t: float, ramp: float) -> ThreatModel:
+    """The threat at progress ``t`` (epochs) under an eps warm-up of ``ramp`` epochs: eps grows linearly from 0 over
+    the first ``ramp`` epochs (``ramp = 0``: no warm-up), then stays at eps."""
+    if ramp <= 0 or t >= ramp:
+        return threat
+    return ThreatModel(threat.norm, threat.eps * max(t / ramp, 1e-3))
+
+
+def _check_ramp(eps_ramp: float) -> float:
+    if not eps_ramp >= 0:
+        raise ConfigError(f"eps_ramp must be >= 0 epochs, got {eps_ramp!r}")
+    return float(eps_ramp)
 
 
 class InnerStep:
     """Base class. ``perturb`` returns the inputs to train on; ``commit`` is called once the parameter step
-    succeeded (ATL writes its bank there, so a failed step leaves the bank untouched)."""
+    succeeded (ATL writes its bank there, so a failed step leaves the bank untouched).
+
+    ``regularizer(logits, y)`` may return an extra training-loss term computed from the logits of the perturbed batch
+    (FGSM-PGI's output consistency); ``extra_param_passes`` counts the additional backward passes through the model
+    that term costs per example."""
 
     name = "base"
     input_grad_passes = 0
+    extra_param_passes = 0
     threat: ThreatModel | None = None
+
+    def regularizer(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        return None
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, t: float) -> torch.Tensor:
         raise NotImplementedError
@@ -65,16 +94,12 @@ class _Attacked(InnerStep):
     def __init__(self, threat: ThreatModel, model_mode: str = "train", eps_ramp: float = 0.0):
         self.threat = threat
         self.model_mode = check_mode(model_mode)
-        if not eps_ramp >= 0:
-            raise ConfigError(f"eps_ramp must be >= 0 epochs, got {eps_ramp!r}")
-        self.eps_ramp = float(eps_ramp)
+        self.eps_ramp = _check_ramp(eps_ramp)
 
     def threat_at(self, t: float) -> ThreatModel:
-        """The threat at progress ``t`` (epochs): eps grows linearly from 0 over the first ``eps_ramp`` epochs (a
-        warm-up that lets PGD-40 training at MNIST eps = 0.3 leave chance level), then stays at eps."""
-        if self.eps_ramp <= 0 or t >= self.eps_ramp:
-            return self.threat
-        return ThreatModel(self.threat.norm, self.threat.eps * max(t / self.eps_ramp, 1e-3))
+        """The threat at progress ``t`` (epochs), see :func:`warmed_up` (the warm-up lets PGD-40 training at MNIST
+        eps = 0.3 leave chance level)."""
+        return warmed_up(self.threat, t, self.eps_ramp)
 
 
 class PGD(_Attacked):
@@ -181,22 +206,44 @@ class NFGSM(_Attacked):
 
 class ATL(InnerStep):
     """Langevin adversarial transport: read delta from the bank, advance it T Langevin steps, and (on commit)
-    write it back."""
+    write it back.
+
+    Args:
+        bank, sampler: the bank of chains and the Langevin sampler (same threat).
+        eps_ramp: eps warm-up in epochs (see :func:`warmed_up`); the Langevin step size scales with eps during it.
+        reset_every: forget every stored chain at the start of every ``reset_every``-th epoch (0 = never).
+    """
 
     name = "atl"
 
-    def __init__(self, bank: AdversarialBank, sampler: LangevinSampler):
+    def __init__(self, bank: AdversarialBank, sampler: LangevinSampler, eps_ramp: float = 0.0, reset_every: int = 0):
         if bank.threat != sampler.threat:
             raise ConfigError(f"bank threat {bank.threat} and sampler threat {sampler.threat} differ")
+        if int(reset_every) < 0:
+            raise ConfigError(f"reset_every must be >= 0 epochs (0 = never), got {reset_every!r}")
         self.bank = bank
         self.sampler = sampler
         self.threat = sampler.threat
         self.input_grad_passes = sampler.steps
+        self.eps_ramp = _check_ramp(eps_ramp)
+        self.reset_every = int(reset_every)
+        self._cycle = 0  # index of the reset period the bank's contents belong to
         self._pending = None
 
+    def _maybe_reset(self, t: float) -> None:
+        if self.reset_every:
+            cycle = int(t) // self.reset_every
+            if cycle != self._cycle:
+                self.bank.reset()
+                self._cycle = cycle
+
     def perturb(self, model, x, y, idx, t):
+        self._maybe_reset(t)
         delta, copy = self.bank.read(idx, x)
-        delta = self.sampler.sample(model, x, y, delta, t)
+        threat = warmed_up(self.threat, t, self.eps_ramp)
+        if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
+            delta = threat.delta_to(x, x + delta)
+        delta = self.sampler.sample(model, x, y, delta, t, threat=threat)
         self._pending = (idx, copy, delta, x.detach())
         return (x + delta).detach()
 
@@ -209,10 +256,11 @@ class ATL(InnerStep):
         self._pending = None
 
     def state_dict(self):
-        return {"bank": self.bank.state_dict()}
+        return {"bank": self.bank.state_dict(), "cycle": self._cycle}
 
     def load_state_dict(self, state):
         self.bank.load_state_dict(state["bank"])
+        self._cycle = int(state.get("cycle", 0))
 
     def describe(self):
         s = self.sampler
@@ -223,6 +271,150 @@ class ATL(InnerStep):
             "noise_scale": s.noise_scale if not callable(s.noise_scale) else repr(s.noise_scale),
             "noise": s.noise,
             "model_mode": s.model_mode,
+            "eps_ramp_epochs": self.eps_ramp,
+            "reset_every": self.reset_every,
             "bank": self.bank.metadata(),
             "bank_bytes": self.bank.memory_bytes,
+        }
+
+
+class ATTA(ATL):
+    """ATTA (Zheng et al. 2020): the stored perturbation advanced by one projected signed step of ``step_size`` per
+    visit, without noise, and reset every ``reset_every`` epochs. It is ATL's loop with a noiseless, one-step chain:
+    the sampler must have ``noise_scale = 0`` and ``steps = 1``."""
+
+    name = "atta"
+
+    def __init__(self, bank: AdversarialBank, sampler: LangevinSampler, eps_ramp: float = 0.0, reset_every: int = 10):
+        if value_at(sampler.noise_scale, 0.0) != 0 or callable(sampler.noise_scale) or sampler.steps != 1:
+            raise ConfigError("ATTA takes one noiseless step per visit: use a sampler with steps=1, noise_scale=0")
+        super().__init__(bank, sampler, eps_ramp, reset_every)
+
+
+class FGSMPGI(_Attacked):
+    """FGSM-PGI, the momentum-prior variant (Jia et al., ECCV 2022, "FGSM-MEP"), with per-example state.
+
+    Per visit, with stored perturbation ``d`` and momentum ``m`` of each example (``g`` the input gradient of the
+    cross-entropy at ``x + d``, ``||g||_1`` taken over the whole batch as in the authors' code)::
+
+        m <- g / ||g||_1 + decay * m
+        trained on   x + Proj(d + step * sign(g))        (one FGSM step from the prior, step = eps)
+        stored       Proj(d + step * sign(m))            (the prior for the next visit)
+
+    The training loss gets ``lam * mean((f(x_train) - f(x + d))**2)`` (output consistency on the logits; gradients
+    flow through both terms). Perturbations start at random corners ``eps * sign(u)``, momenta at 0, and both are
+    reset every ``reset_every`` epochs (40 in the paper). State: two float32 tensors the size of the training set.
+    """
+
+    name = "fgsm-pgi"
+    input_grad_passes = 1
+    extra_param_passes = 1
+
+    def __init__(
+        self,
+        threat: ThreatModel,
+        num_examples: int,
+        shape: tuple[int, ...],
+        step_size: float | None = None,
+        lam: float = 10.0,
+        decay: float = 0.3,
+        reset_every: int = 40,
+        model_mode: str = "train",
+        eps_ramp: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__(threat, model_mode, eps_ramp)
+        if threat.norm != "linf":
+            raise ConfigError("FGSM-PGI is defined for the l-inf threat model only (its prior is a sign step)")
+        if not (lam >= 0 and 0 <= decay and int(reset_every) >= 0):
+            raise ConfigError(
+                f"FGSM-PGI needs lam >= 0, decay >= 0, reset_every >= 0; got {lam}, {decay}, {reset_every}"
+            )
+        self.step_size = threat.eps if step_size is None else float(step_size)
+        self.lam, self.decay, self.reset_every = float(lam), float(decay), int(reset_every)
+        self.delta = torch.zeros((int(num_examples),) + tuple(shape))
+        self.momentum = torch.zeros_like(self.delta)
+        self.initialized = torch.zeros(int(num_examples), dtype=torch.bool)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._cycle = 0
+        self._pending = None
+        self._prior_logits = None
+
+    def _maybe_reset(self, t: float) -> None:
+        if self.reset_every:
+            cycle = int(t) // self.reset_every
+            if cycle != self._cycle:
+                self.initialized.zero_()
+                self._cycle = cycle
+
+    def perturb(self, model, x, y, idx, t):
+        self._maybe_reset(t)
+        threat = self.threat_at(t)
+        step = self.step_size * threat.eps / self.threat.eps
+        cpu_idx = idx.cpu()
+        fresh = ~self.initialized[cpu_idx]
+        if bool(fresh.any()):
+            corner = torch.rand((int(fresh.sum()),) + self.delta.shape[1:], generator=self.generator) * 2 - 1
+            self.delta[cpu_idx[fresh]] = self.threat.eps * corner.sign()
+            self.momentum[cpu_idx[fresh]] = 0.0
+        d = self.delta[cpu_idx].to(x.device)
+        m = self.momentum[cpu_idx].to(x.device)
+        d = threat.delta_to(x, x + d)  # the prior, in the (warmed-up) ball and the image box
+        x0 = (x + d).detach().requires_grad_(True)
+        with model_mode(model, self.model_mode), torch.enable_grad():
+            prior_logits = model(x0)
+            (g,) = torch.autograd.grad(F.cross_entropy(prior_logits, y, reduction="sum"), x0, retain_graph=True)
+        m = g / g.abs().sum().clamp_min(1e-12) + self.decay * m
+        stored = threat.delta_to(x, x + d + step * m.sign())
+        trained = threat.delta_to(x, x + d + step * g.sign())
+        self._prior_logits = prior_logits
+        self._pending = (cpu_idx, stored.detach().cpu(), m.detach().cpu())
+        return (x + trained).detach()
+
+    def regularizer(self, logits, y):
+        prior, self._prior_logits = self._prior_logits, None
+        if prior is None or self.lam == 0:
+            return None
+        return self.lam * F.mse_loss(logits.float(), prior.float())
+
+    def commit(self):
+        if self._pending is not None:
+            idx, d, m = self._pending
+            self.delta[idx], self.momentum[idx] = d, m
+            self.initialized[idx] = True
+            self._pending = None
+
+    def discard(self):
+        self._pending = None
+        self._prior_logits = None
+
+    def state_dict(self):
+        return {
+            "delta": self.delta.clone(),
+            "momentum": self.momentum.clone(),
+            "initialized": self.initialized.clone(),
+            "generator": self.generator.get_state(),
+            "cycle": self._cycle,
+        }
+
+    def load_state_dict(self, state):
+        if tuple(state["delta"].shape) != tuple(self.delta.shape):
+            raise ConfigError(
+                f"stored FGSM-PGI state holds {tuple(state['delta'].shape)}, this run {tuple(self.delta.shape)}"
+            )
+        self.delta.copy_(state["delta"])
+        self.momentum.copy_(state["momentum"])
+        self.initialized.copy_(state["initialized"])
+        self.generator.set_state(state["generator"])
+        self._cycle = int(state.get("cycle", 0))
+
+    def describe(self):
+        return {
+            "method": self.name,
+            "step_size": self.step_size,
+            "lam": self.lam,
+            "decay": self.decay,
+            "reset_every": self.reset_every,
+            "model_mode": self.model_mode,
+            "eps_ramp_epochs": self.eps_ramp,
         }

@@ -18,10 +18,10 @@ import torch
 from .bank import AdversarialBank
 from .errors import ConfigError
 from .langevin import LangevinSampler
-from .methods import ATL, FGSMRS, NFGSM, PGD, Clean, InnerStep
+from .methods import ATL, ATTA, FGSMPGI, FGSMRS, NFGSM, PGD, Clean, InnerStep
 from .threat import ThreatModel
 
-METHODS = ("atl", "pgd", "fgsm-rs", "n-fgsm", "clean")
+METHODS = ("atl", "pgd", "fgsm-rs", "n-fgsm", "fgsm-pgi", "atta", "clean")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("onecycle", "constant")
 
@@ -56,7 +56,36 @@ class Recipe:
     model_mode: str = "train"
     eps_ramp: float = 0.0  # epochs over which PGD's eps grows linearly from 0 (0 = no warm-up)
     noise_mult: float = 2.0  # N-FGSM: the start is uniform in a box of noise_mult * eps
+    reset_every: int | None = None  # ATL/ATTA/FGSM-PGI: forget the stored perturbations every this many epochs
+    pgi_lam: float = 10.0  # FGSM-PGI: weight of the output-consistency term
+    pgi_decay: float = 0.3  # FGSM-PGI: gradient momentum decay
+    # tricks available to every method (all off by default)
+    label_smoothing: float = 0.0
+    loss: str = "ce"  # or "trades" (clean CE + trades_beta * KL(clean || adversarial))
+    trades_beta: float = 6.0
+    ema_decay: float | None = None  # weight averaging: EMA of the parameters, the averaged model is evaluated
+    select: str = "last"  # or "best": the epoch with the best PGD accuracy on the validation split
+    early_stop_drop: float | None = None  # stop when validation PGD accuracy falls this many points below its best
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def tricks(self) -> list[str]:
+        """The tricks this recipe uses, as short labels (for result tables)."""
+        out = []
+        if self.eps_ramp > 0:
+            out.append(f"eps warm-up {self.eps_ramp:g} ep")
+        if self.ema_decay is not None:
+            out.append(f"EMA {self.ema_decay:g}")
+        if self.label_smoothing > 0:
+            out.append(f"label smoothing {self.label_smoothing:g}")
+        if self.loss == "trades":
+            out.append(f"TRADES beta {self.trades_beta:g}")
+        if self.clean_weight > 0:
+            out.append(f"clean weight {self.clean_weight:g}")
+        if self.select == "best":
+            out.append("best-on-validation")
+        if self.early_stop_drop is not None:
+            out.append(f"early stop (drop > {self.early_stop_drop:g})")
+        return out
 
     def replace(self, **changes) -> Recipe:
         """A copy with the given fields changed (``None`` values are ignored)."""
@@ -99,6 +128,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # N-FGSM's default noise of 2 eps (0.6 at MNIST eps = 0.3) did not train (0 % PGD-40); measured on full MNIST,
     # 10 epochs: noise 1 eps 97.2 % clean / 63.6 % PGD-40, noise 0.5 eps 97.2 % / 0.0 %. 1 eps it is.
     ("n-fgsm", "mnist"): Recipe("n-fgsm", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3, noise_mult=1.0),
+    # the bank-based prior art, with their papers' inner-step settings and the same warm-up as the other baselines
+    ("fgsm-pgi", "mnist"): Recipe("fgsm-pgi", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3),
+    ("atta", "mnist"): Recipe("atta", **_MNIST, epochs=10, step_size=0.15, eps_ramp=3, reset_every=10),
     ("clean", "mnist"): Recipe("clean", **_MNIST, epochs=5),
     # small CNN, 10k lossy CIFAR-10 images, 15 epochs, AutoAttack on 1000 test points: eta = eps/6 12.2 %, eps/4
     # 15.2 %, eps/2 19.2 %; less noise (s = 0.07 at eps/4: 17.0 %; s = 0.05 at eps/2: stuck at chance) was not better
@@ -109,6 +141,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("pgd", "cifar10"): Recipe("pgd", **_CIFAR, epochs=30, steps=10, step_size=2 / 255, eps_ramp=5),
     ("fgsm-rs", "cifar10"): Recipe("fgsm-rs", **_CIFAR, epochs=30, step_size=10 / 255, eps_ramp=5),
     ("n-fgsm", "cifar10"): Recipe("n-fgsm", **_CIFAR, epochs=30, step_size=8 / 255, eps_ramp=5),
+    # FGSM-PGI: step eps, lam 10, momentum decay 0.3, reset every 40 epochs (Jia et al. 2022); ATTA: step 0.015 at
+    # eps 0.031 (here eps/2), reset every 10 epochs (Zheng et al. 2020)
+    ("fgsm-pgi", "cifar10"): Recipe("fgsm-pgi", **_CIFAR, epochs=30, step_size=8 / 255, eps_ramp=5),
+    ("atta", "cifar10"): Recipe("atta", **_CIFAR, epochs=30, step_size=8 / 255 / 2, eps_ramp=5, reset_every=10),
     ("clean", "cifar10"): Recipe("clean", **_CIFAR, epochs=30),
 }
 
@@ -137,7 +173,10 @@ def build_method(
         return FGSMRS(threat, r.step_size, r.model_mode, eps_ramp=r.eps_ramp)
     if r.method == "n-fgsm":
         return NFGSM(threat, r.step_size, r.noise_mult, model_mode=r.model_mode, eps_ramp=r.eps_ramp)
-    if r.method == "atl":
+    if r.method == "fgsm-pgi":
+        return FGSMPGI(threat, num_examples, shape, r.step_size, r.pgi_lam, r.pgi_decay,
+                       40 if r.reset_every is None else r.reset_every, r.model_mode, r.eps_ramp, seed=seed)
+    if r.method in ("atl", "atta"):
         bank = AdversarialBank(
             num_examples,
             shape,
@@ -148,10 +187,13 @@ def build_method(
             device=bank_device,
             seed=seed,
         )
+        if r.method == "atta":
+            sampler = LangevinSampler(threat, r.step_size or threat.eps / 2, 0.0, 1, r.noise, r.model_mode)
+            return ATTA(bank, sampler, r.eps_ramp, 10 if r.reset_every is None else r.reset_every)
         sampler = LangevinSampler(
             threat, r.step_size or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode
         )
-        return ATL(bank, sampler)
+        return ATL(bank, sampler, r.eps_ramp, r.reset_every or 0)
     raise ConfigError(f"unknown method {r.method!r}; accepted: {', '.join(METHODS)}")
 
 
@@ -192,9 +234,21 @@ def epoch_check(dataset: str, test, threat: ThreatModel, n_examples: int, device
     return fn
 
 
-def build_training(r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_n: int = 1000, **trainer_kwargs):
-    """Model (seeded initialisation), batches (seeded order), inner step, optimizer, scheduler, augmentation and
-    per-epoch check of recipe ``r``, assembled into a :class:`~adv_transport.trainer.Trainer`.
+def validation_check(dataset: str, val, threat: ThreatModel, n_examples: int, device):
+    """``val_fn`` for the trainer: :func:`epoch_check` on a validation split of the training set, keys prefixed
+    ``val_`` (what model selection and early stopping read)."""
+    fn = epoch_check(dataset, val, threat, n_examples, device)
+    return lambda model: {f"val_{k}": v for k, v in fn(model).items()}
+
+
+def build_training(
+    r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_n: int = 1000, val=None, val_n: int = 1000,
+    **trainer_kwargs,
+):
+    """Model (seeded initialisation), batches (seeded order), inner step, optimizer, scheduler, augmentation,
+    tricks and per-epoch check of recipe ``r``, assembled into a :class:`~adv_transport.trainer.Trainer`.
+    ``val``: a validation split of the training data (never the test set), checked every epoch when given; recipes
+    with ``select='best'`` or early stopping need it. ``test=None`` skips the per-epoch test check.
     Returns ``(trainer, batches)``; ``trainer_kwargs`` go to the Trainer (run_dir, progress, config, ...)."""
     from .augment import RandomCropFlip
     from .data import IndexedBatches
@@ -208,6 +262,14 @@ def build_training(r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_
     method = build_method(r, len(train), train.shape, seed=seed)
     opt, sched = build_optimizer(r, model.parameters(), len(batches))
     augment = RandomCropFlip(padding=4, flip=r.dataset != "mnist") if r.augment else None
-    trainer = Trainer(model, opt, method, scheduler=sched, clean_weight=r.clean_weight, augment=augment,
-                      eval_fn=epoch_check(r.dataset, test, threat, eval_n, device), **trainer_kwargs)
+    if (r.select == "best" or r.early_stop_drop is not None) and val is None:
+        raise ConfigError("this recipe selects its model on a validation split (select='best' or early stopping): "
+                          "pass val=<a held-out part of the training set>")
+    trainer = Trainer(
+        model, opt, method, scheduler=sched, clean_weight=r.clean_weight, augment=augment,
+        eval_fn=None if test is None else epoch_check(r.dataset, test, threat, eval_n, device),
+        val_fn=None if val is None else validation_check(r.dataset, val, threat, val_n, device),
+        label_smoothing=r.label_smoothing, loss=r.loss, trades_beta=r.trades_beta, ema_decay=r.ema_decay,
+        select=r.select, early_stop_drop=r.early_stop_drop, **trainer_kwargs,
+    )
     return trainer, batches

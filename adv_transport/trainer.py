@@ -28,6 +28,8 @@ from .modes import ensure_mode
 from .threat import check_unit_range
 
 SCHEDULER_STEPS = ("batch", "epoch")
+LOSSES = ("ce", "trades")
+SELECTIONS = ("last", "best")
 
 
 class Trainer:
@@ -45,6 +47,17 @@ class Trainer:
         eval_fn: ``eval_fn(model) -> dict`` run after each epoch (e.g. clean and PGD accuracy on held-out data).
         progress: show a tqdm progress bar.
         config: a JSON-serialisable description of the run, stored in checkpoints.
+        label_smoothing: label smoothing of the training cross-entropy (0 = none).
+        loss: ``ce`` (cross-entropy on the perturbed batch) or ``trades`` (Zhang et al. 2019: cross-entropy on the
+            clean batch plus ``trades_beta`` times KL(p(x) || p(x_adv))).
+        ema_decay: keep an exponential moving average of the parameters and buffers (weight averaging), updated
+            after every optimizer step with this decay (e.g. 0.999); the averaged model is the one evaluated.
+        val_fn: ``val_fn(model) -> dict`` with ``val_pgd_acc`` (and ``val_clean_acc``), run after each epoch on a
+            validation split of the *training* data; it drives ``select`` and ``early_stop_drop``.
+        select: ``last`` (the final weights) or ``best`` (the epoch with the highest ``val_pgd_acc``, ties broken by
+            ``val_clean_acc``); :meth:`final_model` returns the selected model.
+        early_stop_drop: stop training when ``val_pgd_acc`` falls more than this many points below its best so far
+            (Wong et al. 2020's guard against catastrophic overfitting); the best epoch's weights are kept.
     """
 
     def __init__(
@@ -62,7 +75,26 @@ class Trainer:
         eval_fn: Callable[[nn.Module], dict] | None = None,
         progress: bool = True,
         config: dict | None = None,
+        label_smoothing: float = 0.0,
+        loss: str = "ce",
+        trades_beta: float = 6.0,
+        ema_decay: float | None = None,
+        val_fn: Callable[[nn.Module], dict] | None = None,
+        select: str = "last",
+        early_stop_drop: float | None = None,
     ):
+        if loss not in LOSSES:
+            raise ConfigError(f"loss {loss!r} not accepted; accepted: {', '.join(LOSSES)}")
+        if select not in SELECTIONS:
+            raise ConfigError(f"select {select!r} not accepted; accepted: {', '.join(SELECTIONS)}")
+        if not (0 <= label_smoothing < 1):
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        if ema_decay is not None and not (0 < ema_decay < 1):
+            raise ConfigError(f"ema_decay must be in (0, 1) or None, got {ema_decay!r}")
+        if (select == "best" or early_stop_drop is not None) and val_fn is None:
+            raise ConfigError(
+                "select='best' and early_stop_drop need a val_fn (a validation split of the training set)"
+            )
         if scheduler_step not in SCHEDULER_STEPS:
             raise ConfigError(f"scheduler_step {scheduler_step!r} not accepted; accepted: {', '.join(SCHEDULER_STEPS)}")
         if not (math.isfinite(clean_weight) and clean_weight >= 0):
@@ -81,6 +113,19 @@ class Trainer:
         self.eval_fn = eval_fn
         self.progress = progress
         self.config = dict(config or {})
+        self.label_smoothing = float(label_smoothing)
+        self.loss = loss
+        self.trades_beta = float(trades_beta)
+        self.val_fn = val_fn
+        self.select = select
+        self.early_stop_drop = early_stop_drop
+        self.ema = None
+        if ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.best: dict | None = None  # {"epoch", "val_pgd_acc", "val_clean_acc", "state"} of the selected epoch
+        self.stopped_early_at: int | None = None
         # progress state (all of it goes into checkpoints)
         self.epoch = 0
         self.step = 0  # next step to run within self.epoch
@@ -117,6 +162,9 @@ class Trainer:
             "history": list(self.history),
             "epoch_stats": dict(self._epoch_stats),
             "config": self.config,
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "best": self.best,
+            "stopped_early_at": self.stopped_early_at,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -150,6 +198,10 @@ class Trainer:
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self.history = list(state["history"])
         self._epoch_stats = dict(state["epoch_stats"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.best = state.get("best")
+        self.stopped_early_at = state.get("stopped_early_at")
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Resume from ``path`` (default: this run's checkpoint). Returns False when there is none to resume."""
@@ -204,9 +256,22 @@ class Trainer:
         x_adv = self.method.perturb(view, x, y, idx, t)
         ensure_mode(model, True)
         logits = view(x_adv)
-        loss = F.cross_entropy(logits, y)
+        clean_passes = 0
+        if self.loss == "trades":
+            clean_logits = view(x)
+            loss = F.cross_entropy(clean_logits, y, label_smoothing=self.label_smoothing)
+            loss = loss + self.trades_beta * F.kl_div(
+                F.log_softmax(logits, 1), F.softmax(clean_logits, 1), reduction="batchmean"
+            )
+            clean_passes = 1
+        else:
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         if self.clean_weight > 0:
-            loss = loss + self.clean_weight * F.cross_entropy(view(x), y)
+            loss = loss + self.clean_weight * F.cross_entropy(view(x), y, label_smoothing=self.label_smoothing)
+            clean_passes += 1
+        extra = self.method.regularizer(logits, y)
+        if extra is not None:
+            loss = loss + extra
         loss_value = loss.detach()
         if not torch.isfinite(loss_value):
             self.method.discard()
@@ -223,12 +288,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(model)
         self.method.commit()
         if self.scheduler is not None and self.scheduler_step == "batch":
             self.scheduler.step()
         b = x.shape[0]
         self.counts["input_grad_evals"] += b * self.method.input_grad_passes
-        self.counts["param_grad_evals"] += b * (2 if self.clean_weight > 0 else 1)
+        self.counts["param_grad_evals"] += b * (1 + clean_passes + self.method.extra_param_passes)
         self.counts["examples"] += b
         return float(loss.detach()) * b, int((logits.argmax(1) == y).sum())
 
@@ -241,9 +308,38 @@ class Trainer:
             steps_per_epoch = None
         if steps_per_epoch == 0:
             raise MissingIndexError("the loader yields no batches (empty dataset?)")
-        while self.epoch < epochs:
+        while self.epoch < epochs and self.stopped_early_at is None:
             self._run_epoch(batches, steps_per_epoch, eval_fn, epochs)
         return self.history
+
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The model the per-epoch checks see: the weight average when ``ema_decay`` is set, else the model."""
+        return self.model if self.ema is None else self.ema.module
+
+    def final_model(self) -> nn.Module:
+        """The model to report: with ``select='best'`` (or after an early stop) a copy of the evaluated model holding
+        the best validation epoch's weights; else :attr:`evaluated_model`. Eval mode is left to the caller."""
+        if self.best is None or (self.select == "last" and self.stopped_early_at is None):
+            return self.evaluated_model
+        import copy
+
+        model = copy.deepcopy(self.evaluated_model)
+        model.load_state_dict(self.best["state"])
+        return model
+
+    def _validate(self, record: dict) -> None:
+        """Validation check of the epoch just trained: keep the best state, stop on a collapse."""
+        val = self.val_fn(self.evaluated_model)
+        record.update(val)
+        score = (val["val_pgd_acc"], val.get("val_clean_acc", 0.0))
+        if self.best is None or score > (self.best["val_pgd_acc"], self.best["val_clean_acc"]):
+            state = {k: v.detach().clone() for k, v in self.evaluated_model.state_dict().items()}
+            self.best = {"epoch": self.epoch + 1, "val_pgd_acc": score[0], "val_clean_acc": score[1], "state": state}
+        record["best_epoch"] = self.best["epoch"]
+        if self.early_stop_drop is not None and val["val_pgd_acc"] < self.best["val_pgd_acc"] - self.early_stop_drop:
+            self.stopped_early_at = self.epoch + 1
+            record["stopped_early"] = True
 
     def _run_epoch(self, batches, steps_per_epoch, eval_fn, epochs):
         from tqdm.auto import tqdm
@@ -291,9 +387,12 @@ class Trainer:
             "train_seconds": self.elapsed,
             **self.counts,
         }
-        if eval_fn is not None:
+        if eval_fn is not None or self.val_fn is not None:
             start = time.perf_counter()
-            record.update(eval_fn(self.model))
+            if self.val_fn is not None:
+                self._validate(record)
+            if eval_fn is not None:
+                record.update(eval_fn(self.evaluated_model))
             self.eval_seconds += time.perf_counter() - start
             record["eval_seconds"] = self.eval_seconds
         self.history.append(record)

@@ -1,0 +1,409 @@
+"""ATL against the bank-based prior art and the fast baselines on CIFAR-10 (JPEG-lossy copy), several seeds and eps.
+
+Two modes, one harness (every run goes through ``adv_transport.recipes.build_training``: same model, data order,
+optimizer, schedule and seed for every method):
+
+- ``sweep``: ATL variants (and the stored-perturbation baselines' knobs) at eps 8/255, seed 0, judged on a
+  **validation split of the training set** (the last ``--val-n`` training images, never trained on), by PGD-20 and
+  AutoAttack 'standard' on ``--val-aa-n`` of them. The test set is not touched. This is how ATL's defaults are chosen.
+- ``study``: every method at each ``--eps``, for each ``--seeds``, trained on the remaining training images; per epoch
+  PGD-20 on ``--test-pgd-n`` test images (for the curves) and PGD-20 on the validation split (for model selection);
+  at the end clean, PGD-20 and AutoAttack 'standard' (pyautoattack) on the first ``--aa-n`` class-balanced test
+  images of the selected model.
+
+Each run is saved as soon as it ends (``<out>/runs/<key>.json``) and skipped when the command is run again, so an
+interrupted study resumes run by run. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack accuracy,
+training seconds, gradient evaluations), ``<out>/study.png`` and a BENCHMARKS.md section are rebuilt from whatever
+runs exist (``report`` rebuilds them without training).
+
+    python benchmarks/cifar_study.py sweep  --data-dir ../shared/data
+    python benchmarks/cifar_study.py study  --data-dir ../shared/data --eps 8,16 --seeds 0,1,2
+    python benchmarks/cifar_study.py report
+    python benchmarks/cifar_study.py study --quick --out /tmp/q     # smoke test (tiny slices), under a minute
+
+The lossy copy is for relative comparisons between training methods only: never compare its numbers with published
+CIFAR-10 results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import adv_transport as at
+from adv_transport.eval import evaluate
+from adv_transport.recipes import build_training, recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+LOSSY_LABEL = (
+    "relative comparison on the JPEG-lossy CIFAR-10 copy (../shared/data/cifar10_jpeg_lossy.npz): not comparable "
+    "with published CIFAR-10 numbers"
+)
+EPS8 = 8 / 255
+# Settings shared by every method of the study (fixed before any result was seen): the small CNN, SGD with a one-cycle
+# LR (peak 0.05, the CPU benchmark's), crop + flip after delta, 15 epochs, eps warm-up over the first 5 epochs (without
+# it PGD-10 AT and FGSM-RS stayed at chance on this model), and the epoch with the best validation PGD-20 accuracy
+# is the one evaluated.
+COMMON = dict(model="small-cnn", epochs=15, lr=0.05, eps_ramp=5, select="best")
+
+# label -> (method, recipe changes at eps 8/255; step sizes scale with eps)
+STUDY_METHODS = {
+    "clean": ("clean", {"eps_ramp": 0}),
+    "ATL": ("atl", {}),
+    "FGSM-RS": ("fgsm-rs", {"early_stop_drop": 20.0}),  # Wong et al. 2020's early stopping
+    "N-FGSM": ("n-fgsm", {}),
+    "FGSM-PGI": ("fgsm-pgi", {}),
+    "ATTA": ("atta", {}),
+    "PGD-10 AT": ("pgd", {"steps": 10, "step_size": 2 / 255}),
+}
+SINGLE_STEP = ("FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA")
+
+# ATL variants of the sweep: label -> recipe changes (eta relative to eps; s = noise scale, noise amplitude
+# s * sqrt(2 eta) per coordinate)
+SWEEP = {
+    "old default (eta eps/2, s 0.2, no warm-up)": {"step_size": EPS8 / 2, "noise_scale": 0.2, "eps_ramp": 0},
+    "eta eps/2, s 0.2": {"step_size": EPS8 / 2, "noise_scale": 0.2},
+    "eta eps/2, s 0.1": {"step_size": EPS8 / 2, "noise_scale": 0.1},
+    "eta eps/2, s 0.05": {"step_size": EPS8 / 2, "noise_scale": 0.05},
+    "eta eps/2, s 0": {"step_size": EPS8 / 2, "noise_scale": 0.0},
+    "eta eps, s 0.05": {"step_size": EPS8, "noise_scale": 0.05},
+    "eta 1.25 eps, s 0.05": {"step_size": 1.25 * EPS8, "noise_scale": 0.05},
+    "eta eps/4, s 0.05": {"step_size": EPS8 / 4, "noise_scale": 0.05},
+    "eta eps/2, s 0.05, BN eval in the chain": {"step_size": EPS8 / 2, "noise_scale": 0.05, "model_mode": "eval"},
+    "eta eps/2, s 0.05/sqrt(3), Gaussian": {"step_size": EPS8 / 2, "noise_scale": 0.05 / 3**0.5, "noise": "gaussian"},
+    "eta eps/2, s 0.05, reset every 5 ep": {"step_size": EPS8 / 2, "noise_scale": 0.05, "reset_every": 5},
+    "eta eps/2, s 0.05, clean start": {"step_size": EPS8 / 2, "noise_scale": 0.05, "bank_init": "zero"},
+}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing git only loses the label
+        return "unknown"
+
+
+def study_recipe(method: str, changes: dict, eps: float, epochs: int | None):
+    """The study's recipe of ``method`` at ``eps``: the CIFAR-10 recipe, the shared settings, ``changes``; every step
+    size given for eps 8/255 is scaled to ``eps``."""
+    r = recipe(method, "cifar10").replace(**COMMON).replace(**changes)
+    scale = eps / EPS8
+    r = r.replace(eps=eps, step_size=None if r.step_size is None else r.step_size * scale)
+    if r.method == "clean":
+        r = r.replace(select="last")
+    return r.replace(epochs=epochs) if epochs else r
+
+
+def run_key(mode: str, eps: float, label: str, seed: int) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
+    return f"{mode}-eps{round(eps * 255)}-{slug}-seed{seed}"
+
+
+def square_drop(report: dict) -> float | None:
+    """Points removed by Square after the white-box attacks (a gradient-masking symptom)."""
+    d = report.get("autoattack_detail", {}).get("autoattack")
+    if not d:
+        return None
+    vals = list(d.values())
+    return vals[-2] - vals[-1] if len(vals) >= 2 else None
+
+
+def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
+    train, val, test = data
+    r = study_recipe(method, changes, eps, args.epochs)
+    threat = at.ThreatModel(r.norm, r.eps)
+    trainer, batches = build_training(
+        r, train, None if mode == "sweep" else test, seed=seed, eval_n=args.test_pgd_n, val=val, val_n=args.val_n,
+        progress=not args.no_progress, config={"recipe": r.to_dict()},
+    )
+    print(f"[{mode} eps {eps * 255:.0f}/255 seed {seed}] {label}: {trainer.method.describe()}", file=sys.stderr,
+          flush=True)
+    trainer.fit(batches, r.epochs)
+    model = trainer.final_model().eval()
+    target, n = (val, args.val_aa_n) if mode == "sweep" else (test, args.aa_n)
+    attacks = ["clean", "pgd"] + ([] if args.no_autoattack else ["autoattack"])
+    final = evaluate(model, target, threat, attacks, n_examples=n, pgd_steps=20, pgd_step_size=eps / 4, sanity=False,
+                     progress=not args.no_progress)
+    h = trainer.history
+    res = {
+        "mode": mode, "label": label, "method": method, "eps": eps, "seed": seed, "recipe": r.to_dict(),
+        "tricks": r.tricks(), "inner_step": trainer.method.describe(), "history": h,
+        "epochs_run": len(h), "stopped_early_at": trainer.stopped_early_at,
+        "selected_epoch": None if trainer.best is None else trainer.best["epoch"],
+        "train_seconds": h[-1]["train_seconds"],
+        "epoch_seconds": h[-1]["train_seconds"] / len(h),
+        "grad_evals": h[-1]["input_grad_evals"] + h[-1]["param_grad_evals"],
+        "final_on": "validation" if mode == "sweep" else "test",
+        "final": {k: v for k, v in final.items() if k != "per_class"},
+        "square_drop": square_drop(final),
+        "commit": args.commit, "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }
+    print(f"  -> clean {final['clean_acc']:.1f} PGD-20 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
+          f"({res['train_seconds']:.0f} s, {res['grad_evals'] / 1e6:.2f} M grad evals)", file=sys.stderr, flush=True)
+    return res
+
+
+def load_runs(out: Path) -> list[dict]:
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    order = {label: i for i, label in enumerate(STUDY_METHODS)}
+    return sorted(runs, key=lambda r: (r["mode"], r["eps"], order.get(r["label"], 99), r["seed"]))
+
+
+def mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """study.json's content: per eps and method, per-seed and mean AutoAttack accuracy and training seconds."""
+    out: dict = {"eps": {}}
+    for r in runs:
+        if r["mode"] != "study":
+            continue
+        e = out["eps"].setdefault(f"{round(r['eps'] * 255)}/255", {})
+        m = e.setdefault(r["label"], {"method": r["method"], "tricks": r["tricks"], "seeds": {}})
+        m["seeds"][str(r["seed"])] = {
+            "autoattack_acc": r["final"].get("autoattack_acc"), "pgd20_acc": r["final"]["pgd_acc"],
+            "clean_acc": r["final"]["clean_acc"], "train_seconds": r["train_seconds"], "grad_evals": r["grad_evals"],
+            "epoch_seconds": r["epoch_seconds"], "square_drop": r["square_drop"], "selected_epoch": r["selected_epoch"],
+            "stopped_early_at": r["stopped_early_at"],
+            "final_over_best_pgd": final_over_best(r["history"]),
+        }
+    for e in out["eps"].values():
+        for m in e.values():
+            s = m["seeds"].values()
+            for key in ("autoattack_acc", "pgd20_acc", "clean_acc", "train_seconds", "grad_evals", "epoch_seconds",
+                        "square_drop"):
+                m[f"{key}_mean"], m[f"{key}_std"] = mean_std([v[key] for v in s])
+            m["n_seeds"] = len(m["seeds"])
+        clean = e.get("clean")
+        for m in e.values():
+            m["epoch_cost_vs_clean"] = (None if clean is None or not clean.get("epoch_seconds_mean")
+                                        else m["epoch_seconds_mean"] / clean["epoch_seconds_mean"])
+    return out
+
+
+def final_over_best(history) -> float | None:
+    """Last epoch's test PGD-20 accuracy over the best epoch's (catastrophic overfitting shows as a small ratio)."""
+    pgd = [h["pgd_acc"] for h in history if "pgd_acc" in h]
+    if not pgd or max(pgd) == 0:
+        return None
+    return pgd[-1] / max(pgd)
+
+
+def targets(agg: dict) -> list[str]:
+    lines = []
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    e8 = agg["eps"].get("8/255", {})
+    atl = e8.get("ATL")
+    if atl:
+        single = {k: e8[k]["autoattack_acc_mean"] for k in SINGLE_STEP if k in e8 and e8[k]["autoattack_acc_mean"]}
+        if single:
+            best = max(single, key=single.get)
+            ok = atl["autoattack_acc_mean"] >= single[best] + 1
+            lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 8/255): ATL AutoAttack "
+                         f"{fmt(atl['autoattack_acc_mean'])} % (mean of {atl['n_seeds']} seeds) vs the best "
+                         f"single-step method {best} "
+                         f"{fmt(single[best])} % + 1 point.")
+        pgd = e8.get("PGD-10 AT")
+        if pgd and pgd["autoattack_acc_mean"] is not None:
+            ok_acc = atl["autoattack_acc_mean"] >= pgd["autoattack_acc_mean"] - 1
+            ratio = atl["train_seconds_mean"] / pgd["train_seconds_mean"]
+            gratio = atl["grad_evals_mean"] / pgd["grad_evals_mean"]
+            lines.append(f"- **{'Met' if ok_acc and gratio <= 0.25 else 'Not met'}** (eps 8/255): ATL "
+                         f"{fmt(atl['autoattack_acc_mean'])} % vs PGD-10 AT {fmt(pgd['autoattack_acc_mean'])} % - 1 "
+                         f"point, at {gratio:.2f}x its gradient evaluations ({ratio:.2f}x its training seconds; "
+                         "target <= 0.25x).")
+    e16 = agg["eps"].get("16/255", {})
+    atl = e16.get("ATL")
+    if atl:
+        ratios = [v["final_over_best_pgd"] for v in atl["seeds"].values()]
+        ok = all(r is not None and r >= 0.8 for r in ratios)
+        lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 16/255): no ATL seed collapses (final test PGD-20 / best"
+                     f" epoch's: {', '.join(fmt(r) for r in ratios)}; target >= 0.80 each).")
+        nf = e16.get("N-FGSM")
+        if nf:
+            ok = atl["autoattack_acc_mean"] >= nf["autoattack_acc_mean"]
+            lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 16/255): ATL AutoAttack "
+                         f"{fmt(atl['autoattack_acc_mean'])} % vs N-FGSM {fmt(nf['autoattack_acc_mean'])} %.")
+    return lines
+
+
+def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
+    f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    pm = lambda m, k: f"{f(m[k + '_mean'])} ± {f(m[k + '_std'])}"  # noqa: E731
+    lines = [
+        "<!-- cifar-study -->",
+        "## ATL vs the bank-based prior art and the fast baselines: CIFAR-10 (JPEG-lossy copy)",
+        "",
+        f"**{LOSSY_LABEL}.**",
+        "",
+        f"Script `benchmarks/cifar_study.py` ({meta['runs']} runs; commits {', '.join(meta['commits'])}; "
+        f"{meta['machine']}). Model `small-cnn` (the CPU benchmark's: a 50,000-image clean epoch takes about 3 s "
+        "here, which is what lets every method run with 3 seeds and two eps in one session; a wider model would "
+        "reach more clean accuracy at several times the cost of PGD-10 AT's 13x). Training on the first 49,000 "
+        "training images, the last 1,000 are the validation split (model selection, the sweep); SGD, one-cycle LR "
+        "peak 0.05, 15 epochs, crop + flip after delta, eps warm-up over 5 epochs and best-on-validation selection "
+        "for every method (FGSM-RS also stops early when validation PGD-20 drops 20 points below its best). "
+        f"Final numbers on the first {meta['aa_n']} class-balanced test images: PGD-20 (step eps/4) and AutoAttack "
+        "'standard' (pyautoattack), mean ± std over seeds. Seconds are training wall-clock (evaluation excluded) "
+        "measured while other work shared the 2 cores: compare methods by gradient evaluations.",
+    ]
+    for eps, methods in agg["eps"].items():
+        lines += ["", f"### eps = {eps}", "",
+                  "| method | seeds | tricks | clean % | PGD-20 % | AutoAttack % | Square drop | train s | grad evals |"
+                  " epoch cost vs clean |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, m in methods.items():
+            lines.append(
+                f"| {label} | {m['n_seeds']} | {', '.join(m['tricks']) or 'none'} | {pm(m, 'clean_acc')} | "
+                f"{pm(m, 'pgd20_acc')} | **{pm(m, 'autoattack_acc')}** | {f(m['square_drop_mean'], 2)} | "
+                f"{f(m['train_seconds_mean'], 0)} | {m['grad_evals_mean'] / 1e6:.2f} M | "
+                f"{f(m['epoch_cost_vs_clean'], 2)}x |")
+    sweep = [r for r in runs if r["mode"] == "sweep"]
+    if sweep:
+        lines += ["", "### ATL sweep (eps 8/255, seed 0; judged on the validation split, test set untouched)", "",
+                  "| variant | val clean % | val PGD-20 % | val AutoAttack % | Square drop | selected epoch |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in sorted(sweep, key=lambda r: -(r["final"].get("autoattack_acc") or r["final"]["pgd_acc"])):
+            lines.append(f"| {r['label']} | {f(r['final']['clean_acc'])} | {f(r['final']['pgd_acc'])} | "
+                         f"{f(r['final'].get('autoattack_acc'))} | {f(r['square_drop'], 2)} | {r['selected_epoch']} |")
+    lines += ["", "Targets:", "", *(targets(agg) or ["- (no study runs yet)"]), "<!-- /cifar-study -->"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    study = [r for r in runs if r["mode"] == "study"]
+    eps_list = sorted({r["eps"] for r in study})
+    if not eps_list:
+        return
+    fig, axes = plt.subplots(1, len(eps_list), figsize=(6.5 * len(eps_list), 4.5), squeeze=False)
+    for ax, eps in zip(axes[0], eps_list):
+        for label in STUDY_METHODS:
+            rs = [r for r in study if r["eps"] == eps and r["label"] == label]
+            for i, r in enumerate(sorted(rs, key=lambda r: r["seed"])):
+                h = r["history"]
+                ax.plot([x["input_grad_evals"] + x["param_grad_evals"] for x in h], [x["pgd_acc"] for x in h],
+                        color=f"C{list(STUDY_METHODS).index(label)}", alpha=0.8, marker=".",
+                        label=label if i == 0 else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("gradient evaluations (log scale)")
+        ax.set_ylabel("test PGD-20 accuracy (%)")
+        ax.set_title(f"eps {eps * 255:.0f}/255 (each line one seed)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("CIFAR-10 study, small CNN: " + LOSSY_LABEL, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(out: Path, args) -> dict:
+    runs = load_runs(out)
+    agg = aggregate(runs)
+    meta = {
+        "runs": len(runs), "commits": sorted({r["commit"] for r in runs}) or [args.commit],
+        "machine": ", ".join(sorted({r["machine"] for r in runs})) or "n/a", "aa_n": args.aa_n,
+        "lossy_data": True, "note": LOSSY_LABEL,
+    }
+    (out / "study.json").write_text(json.dumps({"meta": meta, **agg}, indent=1))
+    plot(runs, out / "study.png")
+    section = markdown(agg, runs, meta)
+    (out / "study.md").write_text(section)
+    md = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
+    if md is not None:
+        text = md.read_text() if md.is_file() else "# Benchmarks\n"
+        pat = re.compile(r"<!-- cifar-study -->.*?<!-- /cifar-study -->\n", re.S)
+        text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
+        md.write_text(text)
+    return agg
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("sweep", "study", "report"))
+    p.add_argument("--eps", default="8", help="comma-separated eps values in 1/255 (study)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", help="comma-separated labels (study: of STUDY_METHODS; sweep: of SWEEP)")
+    p.add_argument("--epochs", type=int, help="override the study's 15 epochs")
+    p.add_argument("--train-n", type=int, default=49000)
+    p.add_argument("--val-n", type=int, default=1000)
+    p.add_argument("--val-aa-n", type=int, default=500)
+    p.add_argument("--test-pgd-n", type=int, default=500)
+    p.add_argument("--aa-n", type=int, default=1000)
+    p.add_argument("--no-autoattack", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny slices, 1 epoch, 1 seed")
+    p.add_argument("--force", action="store_true", help="rerun runs that already have a result")
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="default benchmarks/results/cifar10")
+    p.add_argument("--benchmarks-md")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.commit = git_commit()
+    if args.quick:
+        args.train_n, args.val_n, args.val_aa_n, args.test_pgd_n, args.aa_n = 600, 100, 50, 50, 50
+        args.epochs = args.epochs or 1
+        args.seeds = args.seeds if args.seeds != "0,1,2" else "0"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "cifar10"
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if args.mode != "report":
+        full = at.load_dataset("cifar10", "train", args.data_dir)
+        n_train = min(args.train_n, len(full) - args.val_n)
+        train = full.subset(n_train)
+        # the validation split: the last val_n training images, re-indexed from 0 (never trained on)
+        val = at.IndexedDataset(full.images[-args.val_n:], full.labels[-args.val_n:], "cifar10-val", full.lossy)
+        test = at.load_dataset("cifar10", "test", args.data_dir)
+        data = (train, val, test)
+        if args.mode == "sweep":
+            plan = [("sweep", EPS8, label, "atl", ch, 0) for label, ch in SWEEP.items()]
+            names = SWEEP
+        else:
+            eps_list = [float(e) / 255 for e in args.eps.split(",")]
+            seeds = [int(s) for s in args.seeds.split(",")]
+            plan = [("study", e, label, m, ch, s) for e in eps_list for s in seeds
+                    for label, (m, ch) in STUDY_METHODS.items()]
+            names = STUDY_METHODS
+        if args.methods:
+            keep = [m.strip() for m in args.methods.split(",")]
+            unknown = sorted(set(keep) - set(names))
+            if unknown:
+                p.error(f"unknown method labels {unknown}; known: {list(names)}")
+            plan = [row for row in plan if row[2] in keep]
+        for mode, eps, label, method, changes, seed in plan:
+            path = out / "runs" / f"{run_key(mode, eps, label, seed)}.json"
+            if path.is_file() and not args.force:
+                continue
+            start = time.perf_counter()
+            res = train_and_evaluate(mode, label, method, changes, eps, seed, data, args)
+            res["wall_seconds"] = time.perf_counter() - start
+            path.write_text(json.dumps(res, indent=1))
+            report(out, args)
+    agg = report(out, args)
+    print((out / "study.md").read_text())
+    return agg
+
+
+if __name__ == "__main__":
+    main()
