@@ -41,12 +41,16 @@ MNIST_METHODS = {
     "PGD-40 AT": ("pgd", {}),
     "FGSM-RS": ("fgsm-rs", {}),
     "N-FGSM": ("n-fgsm", {}),
+    "FGSM-PGI": ("fgsm-pgi", {}),
+    "ATTA": ("atta", {}),
 }
 CIFAR_METHODS = {
     "clean": ("clean", {}),
     "ATL T=1": ("atl", {}),
     "PGD-10 AT": ("pgd", {"steps": 10, "step_size": 2 / 255}),
     "FGSM-RS": ("fgsm-rs", {}),
+    "FGSM-PGI": ("fgsm-pgi", {}),
+    "ATTA": ("atta", {}),
 }
 REFERENCE = {"mnist": "PGD-40 AT", "cifar10": "PGD-10 AT"}
 LOSSY_LABEL = (

@@ -18,6 +18,7 @@ runs exist (``report`` rebuilds them without training).
 
     python benchmarks/cifar_study.py sweep  --data-dir ../shared/data
     python benchmarks/cifar_study.py study  --data-dir ../shared/data --eps 8,16 --seeds 0,1,2
+    python benchmarks/cifar_study.py study  --methods "ATL;PGD-10 AT"       # a subset (labels separated by ';')
     python benchmarks/cifar_study.py report
     python benchmarks/cifar_study.py study --quick --out /tmp/q     # smoke test (tiny slices), under a minute
 
@@ -343,7 +344,7 @@ def main(argv=None):
     p.add_argument("mode", choices=("sweep", "study", "report"))
     p.add_argument("--eps", default="8", help="comma-separated eps values in 1/255 (study)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", help="comma-separated labels (study: of STUDY_METHODS; sweep: of SWEEP)")
+    p.add_argument("--methods", help="';'-separated labels (study: of STUDY_METHODS; sweep: of SWEEP)")
     p.add_argument("--epochs", type=int, help="override the study's 15 epochs")
     p.add_argument("--train-n", type=int, default=49000)
     p.add_argument("--val-n", type=int, default=1000)
@@ -363,7 +364,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     args.commit = git_commit()
     if args.quick:
-        args.train_n, args.val_n, args.val_aa_n, args.test_pgd_n, args.aa_n = 600, 100, 50, 50, 50
+        args.train_n, args.val_n, args.val_aa_n, args.test_pgd_n, args.aa_n = 300, min(args.val_n, 100), 20, 20, 20
         args.epochs = args.epochs or 1
         args.seeds = args.seeds if args.seeds != "0,1,2" else "0"
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "cifar10"
@@ -386,7 +387,7 @@ def main(argv=None):
                     for label, (m, ch) in STUDY_METHODS.items()]
             names = STUDY_METHODS
         if args.methods:
-            keep = [m.strip() for m in args.methods.split(",")]
+            keep = [m.strip() for m in args.methods.split(";")]
             unknown = sorted(set(keep) - set(names))
             if unknown:
                 p.error(f"unknown method labels {unknown}; known: {list(names)}")

@@ -25,7 +25,7 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           str(mnist_dir), "--out", str(tmp_path / "out"), "--benchmarks-md", str(md),
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
-    assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM"]
+    assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["meta"]["train_n"] == 200
     from adv_transport.recipes import recipe
@@ -95,10 +95,70 @@ def test_every_method_starts_from_the_same_weights_and_data_order(mnist_dir):
     train = at.load_dataset("mnist", "train", str(mnist_dir)).subset(300)
     test = at.load_dataset("mnist", "test", str(mnist_dir))
     built = [build_training(recipe(m, "mnist"), train, test, seed=0, eval_n=10, progress=False) for m in
-             ("clean", "atl", "pgd", "fgsm-rs", "n-fgsm")]
+             ("clean", "atl", "pgd", "fgsm-rs", "n-fgsm", "fgsm-pgi", "atta")]
     first_model, first_batches = built[0][0].model, built[0][1]
     for trainer, batches in built[1:]:
         for a, b in zip(first_model.parameters(), trainer.model.parameters()):
             assert torch.equal(a, b)
         for (_, _, idx_a), (_, _, idx_b) in zip(first_batches.iterate(0, 0), batches.iterate(0, 0)):
             assert torch.equal(idx_a, idx_b)
+
+
+def write_synthetic_cifar(folder, n_train=700, n_test=60, seed=0):
+    """A tiny stand-in for cifar10_jpeg_lossy.npz (same keys, NHWC uint8; the test split sorted by class)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def split(n, sort):
+        y = (np.arange(n) % 10).astype(np.uint8)
+        if sort:
+            y = np.sort(y)
+        x = rng.integers(0, 80, size=(n, 32, 32, 3), dtype=np.uint8)
+        for c in range(10):
+            x[y == c, 3 * c : 3 * c + 3, :, c % 3] = 220
+        return x, y
+
+    (xtr, ytr), (xte, yte) = split(n_train, False), split(n_test, True)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "cifar10_jpeg_lossy.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    return folder
+
+
+def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
+    study = load("cifar_study")
+    data = write_synthetic_cifar(tmp_path / "data")
+    md = tmp_path / "BENCH.md"
+    args = ["study", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--benchmarks-md", str(md),
+            "--no-progress", "--eps", "8,16", "--val-n", "100"]
+    agg = study.main(args)
+    assert set(agg["eps"]) == {"8/255", "16/255"}
+    for methods in agg["eps"].values():
+        assert list(methods) == list(study.STUDY_METHODS)
+        for label, m in methods.items():
+            seed0 = m["seeds"]["0"]
+            assert seed0["autoattack_acc"] is not None and seed0["train_seconds"] > 0
+            assert m["autoattack_acc_mean"] == seed0["autoattack_acc"]
+            assert ("best-on-validation" in m["tricks"]) == (label != "clean")
+    saved = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert saved["meta"]["lossy_data"] and saved["eps"]["8/255"]["ATL"]["n_seeds"] == 1
+    runs = sorted((tmp_path / "out" / "runs").glob("*.json"))
+    assert len(runs) == 2 * len(study.STUDY_METHODS)
+    run = json.loads(runs[0].read_text())
+    assert run["final_on"] == "test" and run["history"][0]["val_pgd_acc"] is not None
+    # step sizes scale with eps
+    r16 = study.study_recipe("fgsm-rs", {}, 16 / 255, None)
+    assert abs(r16.step_size - 2 * study.study_recipe("fgsm-rs", {}, 8 / 255, None).step_size) < 1e-12
+    # a rerun skips finished runs (resumes run by run) and replaces its BENCHMARKS section
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    study.main(args)
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    text = md.read_text()
+    assert text.count("<!-- cifar-study -->") == 1 and "JPEG-lossy" in text and "Targets:" in text
+    assert (tmp_path / "out" / "study.png").stat().st_size > 1000
+    # the sweep judges on the validation split only
+    sweep = study.main(["sweep", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "sw"), "--methods",
+                        "eta eps/2, s 0.05", "--val-n", "100", "--benchmarks-md", str(tmp_path / "B2.md")])
+    assert sweep["eps"] == {}
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "sw" / "runs").glob("*.json")]
+    assert run["final_on"] == "validation" and all("pgd_acc" not in h for h in run["history"])

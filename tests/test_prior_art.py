@@ -1,0 +1,127 @@
+"""The bank-based prior art (ATTA, FGSM-PGI) and ATL's eps warm-up and periodic reset: their arithmetic on a linear
+model whose input gradient is known in closed form."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adv_transport import ATL, AdversarialBank, ConfigError, IndexedBatches, LangevinSampler, ThreatModel, Trainer
+from adv_transport.methods import ATTA, FGSMPGI, warmed_up
+from adv_transport.recipes import build_method, recipe
+
+from conftest import Linear2, synthetic_dataset
+
+W = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 2.0, 0.0]])
+X = torch.full((8, 1, 2, 2), 0.5)
+Y = torch.zeros(8, dtype=torch.long)
+SIGN = torch.tensor([1.0, -1.0, 1.0, 0.0]).view(1, 1, 2, 2)
+IDX = torch.arange(8)
+
+
+def test_warmed_up_grows_eps_linearly_then_stays():
+    t = ThreatModel("linf", 0.2)
+    assert warmed_up(t, 1.0, 4).eps == pytest.approx(0.05)
+    assert warmed_up(t, 4.0, 4) is t and warmed_up(t, 9.0, 4) is t and warmed_up(t, 0.5, 0) is t
+    assert warmed_up(t, 0.0, 4).eps == pytest.approx(0.2e-3)  # never exactly 0
+
+
+def test_atl_eps_warm_up_shrinks_ball_and_step_together():
+    t = ThreatModel("linf", 0.2)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0), eps_ramp=4)
+    d = atl.perturb(Linear2(W), X, Y, IDX, 1.0) - X  # eps 0.05, step 0.1 * 0.05 / 0.2 = 0.025
+    assert torch.allclose(d, 0.025 * SIGN.expand(8, 1, 2, 2))
+    atl.commit()
+    d = atl.perturb(Linear2(W), X, Y, IDX, 1.0) - X  # a second step hits the smaller ball
+    assert torch.allclose(d, 0.05 * SIGN.expand(8, 1, 2, 2))
+    atl.commit()
+    d = atl.perturb(Linear2(W), X, Y, IDX, 6.0) - X  # after the warm-up: full step, full ball
+    assert torch.allclose(d, 0.15 * SIGN.expand(8, 1, 2, 2))
+
+
+def test_atl_reset_every_forgets_the_chains_at_period_boundaries_only():
+    t = ThreatModel("linf", 0.3)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0), reset_every=2)
+    for epoch, expected in ((0.0, 0.1), (1.5, 0.2), (2.0, 0.1), (3.0, 0.2), (4.2, 0.1)):
+        d = atl.perturb(Linear2(W), X, Y, IDX, epoch) - X
+        atl.commit()
+        assert torch.allclose(d, expected * SIGN.expand(8, 1, 2, 2), atol=1e-6), epoch
+    assert atl.state_dict()["cycle"] == 2
+    with pytest.raises(ConfigError, match="reset_every"):
+        ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t), reset_every=-1)
+
+
+def test_atta_is_one_noiseless_step_from_the_stored_perturbation_and_resets():
+    t = ThreatModel("linf", 0.3)
+    r = recipe("atta", "cifar10").replace(eps=0.3, eps_ramp=0, step_size=0.1, reset_every=3)
+    atta = build_method(r, 8, (1, 2, 2))
+    assert isinstance(atta, ATTA) and atta.reset_every == 3 and atta.sampler.noise_scale == 0
+    for epoch, expected in ((0.0, 0.1), (1.0, 0.2), (2.0, 0.3), (2.5, 0.3), (3.0, 0.1)):
+        d = atta.perturb(Linear2(W), X, Y, IDX, epoch) - X
+        atta.commit()
+        assert torch.allclose(d, expected * SIGN.expand(8, 1, 2, 2), atol=1e-6), epoch
+    with pytest.raises(ConfigError, match="noiseless"):
+        ATTA(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, noise_scale=0.1))
+
+
+def test_fgsm_pgi_steps_prior_and_momentum_as_in_the_paper():
+    t = ThreatModel("linf", 0.1)
+    model = Linear2(W)
+    pgi = FGSMPGI(t, 8, (1, 2, 2), lam=10.0, decay=0.3, seed=0)
+    # first visit: the prior is a random corner eps * sign(u); the trained point one eps-step from it
+    x_tr = pgi.perturb(model, X, Y, IDX, 0.0)
+    prior = pgi.delta[IDX].clone()
+    assert not pgi.initialized.any()  # nothing stored before commit
+    corner = torch.Generator().manual_seed(0)
+    expected_prior = 0.1 * (torch.rand((8, 1, 2, 2), generator=corner) * 2 - 1).sign()
+    assert torch.equal(prior, expected_prior)
+    g = SIGN.expand(8, 1, 2, 2)  # d CE / d x for class 0 has the sign of w1 - w0 (p1 > 0): the SIGN pattern
+    expected_train = (prior + 0.1 * g.sign()).clamp(-0.1, 0.1)
+    assert torch.allclose(x_tr - X, expected_train, atol=1e-6)
+    pgi.commit()
+    # the momentum: g / ||g||_1 over the whole batch (+ 0.3 * the previous momentum, 0 at first)
+    x0 = (X + prior).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x0), Y, reduction="sum"), x0)
+    m1 = grad / grad.abs().sum()
+    assert torch.allclose(pgi.momentum, m1, atol=1e-7)
+    assert torch.allclose(pgi.delta, (prior + 0.1 * m1.sign()).clamp(-0.1, 0.1))
+    # second visit continues from the stored prior with momentum 0.3 * m1
+    stored = pgi.delta.clone()
+    pgi.perturb(model, X, Y, IDX, 1.0)
+    pgi.commit()
+    x0 = (X + stored).requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x0), Y, reduction="sum"), x0)
+    assert torch.allclose(pgi.momentum, grad / grad.abs().sum() + 0.3 * m1, atol=1e-7)
+
+
+def test_fgsm_pgi_consistency_term_and_its_cost_are_counted():
+    t = ThreatModel("linf", 0.1)
+    model = Linear2(W)
+    pgi = FGSMPGI(t, 8, (1, 2, 2), lam=10.0)
+    x_tr = pgi.perturb(model, X, Y, IDX, 0.0)
+    prior_logits = model(X + pgi.delta[IDX]).detach()
+    logits = model(x_tr)
+    reg = pgi.regularizer(logits, Y)
+    assert reg.requires_grad
+    assert torch.allclose(reg, 10.0 * ((logits - prior_logits) ** 2).mean())
+    assert pgi.regularizer(logits, Y) is None  # consumed once per step
+    data = synthetic_dataset(16, shape=(1, 2, 2), classes=2)
+    trainer = Trainer(Linear2(W), torch.optim.SGD(Linear2(W).parameters(), lr=0.0), FGSMPGI(t, 16, (1, 2, 2)),
+                      progress=False)
+    trainer.fit(IndexedBatches(data, 8), epochs=1)
+    assert trainer.counts == {"input_grad_evals": 16, "param_grad_evals": 32, "examples": 16}
+    with pytest.raises(ConfigError, match="l-inf"):
+        FGSMPGI(ThreatModel("l2", 0.5), 8, (1, 2, 2))
+
+
+def test_fgsm_pgi_state_round_trips_and_resets():
+    t = ThreatModel("linf", 0.1)
+    pgi = FGSMPGI(t, 8, (1, 2, 2), reset_every=2)
+    pgi.perturb(Linear2(W), X, Y, IDX, 0.0)
+    pgi.commit()
+    other = FGSMPGI(t, 8, (1, 2, 2), reset_every=2, seed=5)
+    other.load_state_dict(pgi.state_dict())
+    assert torch.equal(other.delta, pgi.delta) and torch.equal(other.momentum, pgi.momentum)
+    pgi.perturb(Linear2(W), X, Y, IDX, 2.0)  # a new period: fresh corners, momentum 0
+    assert pgi._cycle == 1 and not pgi.initialized.any()
+    with pytest.raises(ConfigError, match="holds"):
+        FGSMPGI(t, 4, (1, 2, 2)).load_state_dict(pgi.state_dict())
