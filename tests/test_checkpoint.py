@@ -101,6 +101,7 @@ def test_files_that_are_not_ours_are_one_line_errors(trained, tmp_path, kind):
 
 def test_corrupt_evaluation_state_is_a_one_line_error(tmp_path):
     from adv_transport.eval import evaluate
+
     from conftest import TinyCNN, synthetic_dataset
 
     state = tmp_path / "eval.state.pt"
