@@ -72,10 +72,17 @@ class EvaluationState:
 
     @classmethod
     def from_disk(cls, path) -> EvaluationState:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+            attacks = data["attacks_to_run"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"{path} is not an AutoAttack state file (JSON with 'attacks_to_run', 'robust_flags', 'done'): "
+                f"{type(e).__name__}: {e}; delete it to start the evaluation afresh"
+            ) from None
         flags = data.get("robust_flags")
         return cls(
-            data["attacks_to_run"],
+            attacks,
             path,
             None if flags is None else torch.tensor(flags, dtype=torch.float32),
             data.get("done", 0),

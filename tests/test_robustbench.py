@@ -266,3 +266,13 @@ def test_submit_command_reads_eval_report(tmp_path, capsys):
     with pytest.raises(SystemExit):  # --title is required
         main(["submit", "--checkpoint", str(run), "--name", "Doe2026Langevin"])
     assert "--title" in capsys.readouterr().err
+
+
+def test_corrupt_autoattack_state_file_is_a_one_line_error(tmp_path):
+    import adv_transport.plugins.robustbench as rb
+    from adv_transport.errors import ConfigError
+
+    state = tmp_path / "aa_state.json"
+    state.write_text('{"attacks_to_run": ["apgd-ce"], "robust')  # cut short
+    with pytest.raises(ConfigError, match="aa_state.json is not an AutoAttack state file"):
+        rb.EvaluationState.from_disk(state)
