@@ -6,7 +6,8 @@ by ``adv_transport.plugins.*``.
 
 from .augment import RandomCropFlip
 from .bank import AdversarialBank
-from .data import IndexedBatches, IndexedDataset, load_dataset
+from .checkpoint import CheckpointError, Run, load_model, load_run
+from .data import FolderDataset, IndexedBatches, IndexedDataset, load_dataset
 from .errors import (
     AdvTransportError,
     BankMismatchError,
@@ -33,10 +34,12 @@ __all__ = [
     "AdvTransportError",
     "AdversarialBank",
     "BankMismatchError",
+    "CheckpointError",
     "Clean",
     "ConfigError",
     "Cosine",
     "DataRangeError",
+    "FolderDataset",
     "IndexedBatches",
     "IndexedDataset",
     "InnerStep",
@@ -47,9 +50,12 @@ __all__ = [
     "NonFiniteLossError",
     "Normalized",
     "PreActResNet18",
+    "Run",
     "ThreatModel",
     "Trainer",
     "build_model",
     "load_dataset",
+    "load_model",
+    "load_run",
     "__version__",
 ]

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .data import load_dataset
+from .checkpoint import load_checkpoint, load_run, previous_path, recover_checkpoint
+from .data import DATASET_NAMES, DATASETS, DEFAULT_IMAGE_SIZE, FOLDER_PREFIX, check_dataset_name, load_dataset
 from .errors import AdvTransportError, ConfigError
-from .models import build_model
+from .models import MODELS
 from .recipes import METHODS, build_training, recipe
 from .threat import ThreatModel
 from .trainer import Trainer
 
-DATASETS = ("mnist", "cifar10")
+DATASET_HELP = "mnist, cifar10, cifar100, svhn, imagenet or folder:<path> (an ImageFolder with train/ and val/)"
+
+
+def dataset_arg(value: str) -> str:
+    """argparse type of ``--dataset``: a name of :data:`adv_transport.data.DATASETS` or ``folder:<path>``."""
+    try:
+        return check_dataset_name(value)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a dataset; accepted: {', '.join(DATASET_NAMES)}") from None
+
+
+def image_size_of(dataset: str, flag: int | None) -> int:
+    """The side of the images a run trains on: ``--image-size`` (imagenet and folder: datasets, default 224) or the
+    dataset's own."""
+    if dataset in DATASETS and dataset != "imagenet":
+        return DATASETS[dataset]["shape"][-1]
+    return DEFAULT_IMAGE_SIZE if flag is None else int(flag)
 
 
 def _device(name: str) -> torch.device:
@@ -53,7 +69,9 @@ RECIPE_FLAGS = (
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=METHODS, default="atl")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--dataset", type=dataset_arg, default="mnist", help=DATASET_HELP)
+    p.add_argument("--image-size", type=int, help="imagenet and folder: datasets: resize and centre-crop to this side")
+    p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
     p.add_argument("--model", help="mnist-cnn, preact-resnet18 or timm:<name> (default: the recipe's)")
     p.add_argument("--eps", type=float, help="threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)")
     p.add_argument("--norm", choices=("linf", "l2"))
@@ -96,40 +114,110 @@ def make_recipe(args):
     changes = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "augment", None) is not None:
         changes["augment"] = args.augment
-    return r.replace(**changes)
+    r = r.replace(**changes)
+    check_recipe(r)
+    return r
+
+
+def check_recipe(r) -> None:
+    """Refuse settings no run can use (``--epochs 0``, ``--lr nan``, an unknown timm model, ...) with one line each,
+    before any data is read."""
+
+    def need(ok: bool, flag: str, value, accepted: str) -> None:
+        if not ok:
+            raise ConfigError(f"--{flag} {value!r} is not accepted; {accepted}")
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    for flag in ("epochs", "batch_size", "copies"):
+        v = getattr(r, flag)
+        need(isinstance(v, int) and v >= 1, flag.replace("_", "-"), v, "accepted: an integer >= 1")
+    need(r.steps is None or r.steps >= 1, "steps", r.steps, "accepted: an integer >= 1")
+    need(finite(r.lr) and r.lr > 0, "lr", r.lr, "accepted: a finite number > 0")
+    need(
+        r.step_size is None or (finite(r.step_size) and r.step_size > 0),
+        "step-size",
+        r.step_size,
+        "accepted: a finite number > 0",
+    )
+    for flag in ("weight_decay", "clean_weight", "noise_scale", "eps_ramp"):
+        v = getattr(r, flag)
+        need(finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
+    need(finite(r.noise_mult) and r.noise_mult > 0, "noise-mult", r.noise_mult, "accepted: a finite number > 0")
+    ThreatModel(r.norm, r.eps)  # eps: finite, > 0, < 1 for l-inf
+    if not r.model.startswith("timm:") and r.model not in MODELS:
+        raise ConfigError(f"unknown model {r.model!r}; accepted: {', '.join(MODELS)}")
+    if r.model.startswith("timm:"):
+        try:
+            from .plugins.timm import check_model_name
+        except ImportError as e:
+            raise ConfigError(f"--model {r.model} needs timm ({e}); pip install 'adv-transport[plugins]'") from None
+        check_model_name(r.model[len("timm:") :])
+
+
+def _default_out(r) -> Path:
+    name = r.dataset
+    if name.startswith(FOLDER_PREFIX):
+        name = "folder-" + (Path(name[len(FOLDER_PREFIX) :]).expanduser().resolve().name or "data")
+    return Path(f"runs/{name}-{r.method}")
 
 
 def run_train(args) -> Trainer:
     r = make_recipe(args)
     threat = ThreatModel(r.norm, r.eps)
     device = _device(args.device)
-    out = Path(args.out or f"runs/{r.dataset}-{r.method}")
+    out = Path(args.out or _default_out(r))
     ckpt = out / "checkpoint.pt"
-    config = {"recipe": r.to_dict(), "seed": args.seed, "train_subset": args.train_subset, "eval_n": args.eval_n}
-    if ckpt.is_file():
+    image_size = image_size_of(r.dataset, getattr(args, "image_size", None))
+    config = {
+        "recipe": r.to_dict(),
+        "seed": args.seed,
+        "train_subset": args.train_subset,
+        "eval_n": args.eval_n,
+        "image_size": image_size,
+    }
+    if ckpt.is_file() or previous_path(ckpt).is_file():
         if not args.resume:
             raise ConfigError(
                 f"{out} already holds a checkpoint; pass --resume to continue it, or choose another "
                 "--out (nothing was overwritten)"
             )
-        stored = load_checkpoint(ckpt).get("config", {})
+        note = recover_checkpoint(out)  # a corrupt checkpoint.pt: resume from checkpoint.prev.pt, and say so
+        if note:
+            print(f"adv-transport train: {note}", file=sys.stderr)
+        stored = load_checkpoint(ckpt, fallback=False).get("config", {})
         diffs = {
             k: (stored.get("recipe", {}).get(k), v)
             for k, v in config["recipe"].items()
             if stored.get("recipe", {}).get(k) != v
         }
-        diffs.update({k: (stored.get(k), config[k]) for k in ("seed", "train_subset") if stored.get(k) != config[k]})
+        keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
+        diffs.update({k: (stored.get(k), config[k]) for k in keys if stored.get(k) != config[k]})
         if diffs:
             text = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diffs.items())
             raise ConfigError(
                 f"cannot resume {ckpt}: the settings differ ({text}). Resume with the stored settings "
                 "or choose another --out; the checkpoint was left as it is."
             )
-    train = load_dataset(r.dataset, "train", args.data_dir).subset(args.train_subset)
-    test = load_dataset(r.dataset, "test", args.data_dir)
-    trainer, batches = build_training(r, train, test, seed=args.seed, device=device, eval_n=args.eval_n, run_dir=out,
-                                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                                      config=config)
+    size = image_size if r.dataset == "imagenet" or r.dataset.startswith(FOLDER_PREFIX) else None
+    workers = getattr(args, "workers", None)
+    train = load_dataset(r.dataset, "train", args.data_dir, image_size=size, num_workers=workers)
+    train = train.subset(args.train_subset)
+    test = load_dataset(r.dataset, "test", args.data_dir, image_size=size, num_workers=workers)
+    config.update(num_classes=train.num_classes, shape=list(train.shape))
+    trainer, batches = build_training(
+        r,
+        train,
+        test,
+        seed=args.seed,
+        device=device,
+        eval_n=args.eval_n,
+        run_dir=out,
+        checkpoint_every=args.checkpoint_every,
+        progress=not args.no_progress,
+        config=config,
+    )
     method = trainer.method
     if args.resume and trainer.resume():
         print(f"resumed {ckpt} at epoch {trainer.epoch} step {trainer.step}", file=sys.stderr)
@@ -155,19 +243,16 @@ def run_eval(args) -> dict:
     from .eval import evaluate, pgd_defaults
     from .eval.report import to_markdown, write_report
 
-    state = load_checkpoint(args.checkpoint)
-    r = state.get("config", {}).get("recipe")
-    if r is None:
-        raise ConfigError(f"{args.checkpoint} holds no recipe; was it written by adv-transport train?")
+    device = _device(args.device)
+    run = load_run(args.checkpoint, device)
+    r, model = run.recipe, run.model
     dataset = args.dataset or r["dataset"]
     if dataset != r["dataset"]:
         raise ConfigError(f"the checkpoint was trained on {r['dataset']}, not {dataset}")
     threat = ThreatModel(args.norm or r["norm"], args.eps if args.eps is not None else r["eps"])
-    device = _device(args.device)
-    model = build_model(r["model"], dataset)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    test = load_dataset(dataset, "test", args.data_dir)
+    streamed = dataset == "imagenet" or dataset.startswith(FOLDER_PREFIX)
+    size = run.config.get("image_size") if streamed else None
+    test = load_dataset(dataset, "test", args.data_dir, image_size=size, num_workers=args.workers)
     steps, step_size = pgd_defaults(dataset, threat)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     ckpt = Path(args.checkpoint)
@@ -194,7 +279,7 @@ def run_eval(args) -> dict:
         checkpoint=str(args.checkpoint),
         method=r["method"],
         lossy_data=test.lossy,
-        epochs_trained=state.get("epoch"),
+        epochs_trained=run.epoch,
     )
     stem = folder / "eval"
     title = f"{r['method']} / {r['model']} on {dataset}"
@@ -206,7 +291,8 @@ def run_eval(args) -> dict:
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
-    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--dataset", type=dataset_arg, help="default: the checkpoint's (" + DATASET_HELP + ")")
+    p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
     p.add_argument(
         "--attacks",
         default="clean,fgsm,pgd",
@@ -252,14 +338,10 @@ def run_submit(args) -> dict:
     """Export a RobustBench submission for a checkpoint (plugins/robustbench.py)."""
     from .plugins.robustbench import export_submission
 
-    ckpt = Path(args.checkpoint)
-    folder = ckpt if ckpt.is_dir() else ckpt.parent
-    report = None
-    if (folder / "eval.json").is_file():
-        report = json.loads((folder / "eval.json").read_text())
-    else:
+    run = load_run(args.checkpoint)
+    if run.evaluation is None:
         print(
-            f"no eval.json next to {ckpt}: the card's accuracies stay empty (run adv-transport eval first)",
+            f"no eval.json next to {run.checkpoint}: the card's accuracies stay empty (run adv-transport eval first)",
             file=sys.stderr,
         )
     card = {
@@ -267,7 +349,11 @@ def run_submit(args) -> dict:
         for k, v in (("authors", args.authors), ("link", args.link), ("venue", args.venue), ("name", args.title))
         if v
     }
-    paths = export_submission(ckpt, args.name, args.dataset, args.threat_model, args.out, report=report, card=card)
+    if args.reported is not None:
+        card["reported"] = f"{args.reported:.2f}"
+    dataset = args.dataset or run.recipe.get("dataset")
+    threat_model = args.threat_model or {"linf": "Linf", "l2": "L2"}.get(run.recipe.get("norm"), "Linf")
+    paths = export_submission(run, args.name, dataset, threat_model, args.out, report=run.evaluation, card=card)
     for what, path in paths.items():
         print(f"{what}: {path}")
     return paths
@@ -283,13 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="export a RobustBench submission (checkpoint, model card, zoo entry)")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder (its eval.json fills the card)")
     p.add_argument("--name", required=True, help="<Name><Year><Word>, e.g. Doe2026Langevin")
-    p.add_argument("--dataset", default="cifar10", choices=("cifar10",))
-    p.add_argument("--threat-model", default="Linf", choices=("Linf", "L2"))
+    p.add_argument("--dataset", choices=("cifar10", "cifar100", "imagenet"), help="default: the checkpoint's")
+    p.add_argument("--threat-model", choices=("Linf", "L2"), help="as RobustBench spells it (default: the run's norm)")
     p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
     p.add_argument("--authors")
     p.add_argument("--link")
     p.add_argument("--venue")
-    p.add_argument("--title", help="the card's 'name' field (the paper title)")
+    p.add_argument("--title", required=True, help="the paper's title: the card's 'name' field")
+    p.add_argument("--reported", type=float, help="robust accuracy (%%) reported in the paper: the card's 'reported'")
     p = sub.add_parser("demo", help="train ATL on MNIST, evaluate, print the table, plot (the README's main job)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-subset", type=int)

@@ -13,12 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import DATASETS, check_dataset_name
 from .errors import ConfigError
 
-STATS = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-}
+# mean and std per channel of each named dataset (``folder:`` datasets: computed from their images)
+STATS = {name: (spec["mean"], spec["std"]) for name, spec in DATASETS.items()}
 MODELS = ("mnist-cnn", "small-cnn", "preact-resnet18", "timm:<name>")
 
 
@@ -103,21 +102,55 @@ def PreActResNet18(in_channels: int = 3, num_classes: int = 10, width: int = 64)
     return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
-def build_model(name: str, dataset: str = "mnist", num_classes: int = 10, normalize: bool = True) -> nn.Module:
-    """Build a model by name for a dataset, wrapped in :class:`Normalized` with the dataset's statistics."""
-    if dataset not in STATS:
-        raise ConfigError(f"unknown dataset {dataset!r}; accepted: {', '.join(STATS)}")
-    mean, std = STATS[dataset]
+def build_model(
+    name: str,
+    dataset: str = "mnist",
+    num_classes: int | None = None,
+    normalize: bool = True,
+    *,
+    image_size: int | None = None,
+    mean=None,
+    std=None,
+) -> nn.Module:
+    """Build a model by name for a dataset, wrapped in :class:`Normalized` with the dataset's statistics.
+
+    ``num_classes`` and ``image_size`` default to the dataset's (``folder:`` datasets: pass them, as
+    ``build_training`` does from the data); ``mean``/``std`` override the statistics (required for ``folder:``
+    datasets, whose statistics are computed from their images)."""
+    check_dataset_name(dataset)
+    spec = DATASETS.get(dataset)
+    if mean is None or std is None:
+        if spec is None:
+            raise ConfigError(f"{dataset}: pass mean= and std= (a folder dataset's statistics come from its images)")
+        mean, std = spec["mean"], spec["std"]
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if num_classes is None:
+        if spec is None:
+            raise ConfigError(f"{dataset}: pass num_classes= (a folder dataset's classes come from its folders)")
+        num_classes = spec["classes"]
+    if image_size is None:
+        image_size = spec["shape"][-1] if spec is not None else 224
     channels = len(mean)
-    size = 28 if dataset == "mnist" else 32
     if name in ("mnist-cnn", "small-cnn"):
-        net = MnistCNN(channels, num_classes, size)
+        net = MnistCNN(channels, num_classes, image_size)
     elif name == "preact-resnet18":
         net = PreActResNet18(channels, num_classes)
     elif name.startswith("timm:"):
-        from .plugins.timm import create_model  # host library, imported only when asked for
-
+        try:
+            from .plugins.timm import create_model  # host library, imported only when asked for
+        except ImportError as e:
+            raise ConfigError(f"{name} needs timm ({e}); install it: pip install 'adv-transport[plugins]'") from None
         net = create_model(name[len("timm:") :], in_chans=channels, num_classes=num_classes)
     else:
         raise ConfigError(f"unknown model {name!r}; accepted: {', '.join(MODELS)}")
     return Normalized(net, mean, std) if normalize else net
+
+
+def model_for_data(name: str, data, dataset: str | None = None) -> nn.Module:
+    """:func:`build_model` for ``dataset`` (default ``data.name``): a named dataset's own class count, image size and
+    statistics; for a ``folder:`` dataset those of the dataset object ``data`` (statistics computed from its images)."""
+    dataset = dataset or data.name
+    if dataset in DATASETS:
+        return build_model(name, dataset)
+    mean, std = data.stats()
+    return build_model(name, dataset, num_classes=data.num_classes, image_size=data.shape[-1], mean=mean, std=std)

@@ -153,10 +153,15 @@ def recipe(method: str, dataset: str) -> Recipe:
     """The default recipe of ``method`` on ``dataset`` (a fresh copy)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
-    try:
+    if (method, dataset) in RECIPES:
         return dataclasses.replace(RECIPES[(method, dataset)])
-    except KeyError:
-        raise ConfigError(f"no recipe for dataset {dataset!r}; accepted: mnist, cifar10") from None
+    from .data import check_dataset_name
+
+    check_dataset_name(dataset)
+    # not tuned: CIFAR-100, SVHN, ImageNet and image folders start from the CIFAR-10 recipe (SVHN: no flips, see
+    # data.dataset_flip; ImageNet: ResNet-50 from timm at RobustBench's eps 4/255)
+    changes = {"model": "timm:resnet50", "eps": 4 / 255} if dataset == "imagenet" else {}
+    return dataclasses.replace(RECIPES[(method, "cifar10")], dataset=dataset, **changes)
 
 
 def build_method(
@@ -251,17 +256,17 @@ def build_training(
     with ``select='best'`` or early stopping need it. ``test=None`` skips the per-epoch test check.
     Returns ``(trainer, batches)``; ``trainer_kwargs`` go to the Trainer (run_dir, progress, config, ...)."""
     from .augment import RandomCropFlip
-    from .data import IndexedBatches
-    from .models import build_model
+    from .data import IndexedBatches, dataset_flip
+    from .models import model_for_data
     from .trainer import Trainer
 
     threat = ThreatModel(r.norm, r.eps)
     torch.manual_seed(seed)
-    model = build_model(r.model, r.dataset).to(device)
+    model = model_for_data(r.model, train, r.dataset).to(device)
     batches = IndexedBatches(train, r.batch_size, seed=seed, device=device)
     method = build_method(r, len(train), train.shape, seed=seed)
     opt, sched = build_optimizer(r, model.parameters(), len(batches))
-    augment = RandomCropFlip(padding=4, flip=r.dataset != "mnist") if r.augment else None
+    augment = RandomCropFlip(padding=4, flip=dataset_flip(r.dataset)) if r.augment else None
     if (r.select == "best" or r.early_stop_drop is not None) and val is None:
         raise ConfigError("this recipe selects its model on a validation split (select='best' or early stopping): "
                           "pass val=<a held-out part of the training set>")

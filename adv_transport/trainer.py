@@ -179,7 +179,7 @@ class Trainer:
                     step=self.step,
                     checkpoint=str(self.checkpoint_path),
                 )
-        return atomic_save(self.state_dict(), self.checkpoint_path)
+        return atomic_save(self.state_dict(), self.checkpoint_path, keep_previous=True)  # and checkpoint.prev.pt
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint. The bank is checked first, so a mismatching one raises before anything changes."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from adv_transport.attacks import fgsm, pgd
-from adv_transport.checkpoint import atomic_save
+from adv_transport.checkpoint import atomic_save, safe_load
 from adv_transport.data import IndexedDataset
 from adv_transport.errors import ConfigError
 from adv_transport.modes import model_mode
@@ -60,7 +60,9 @@ def _settings(threat, attacks, n, batch_size, pgd_steps, pgd_step_size, pgd_rest
 def _load_state(path: Path | None, settings: dict) -> dict | None:
     if path is None or not path.is_file():
         return None
-    state = torch.load(path, weights_only=False)
+    state = safe_load(path, "an adv-transport evaluation state (eval.state.pt, as written by adv-transport eval)")
+    if not isinstance(state, dict) or not isinstance(state.get("correct"), dict) or "done" not in state:
+        raise ConfigError(f"{path} is not an adv-transport evaluation state (a dict with 'settings', 'done', ...)")
     if state.get("settings") != settings:
         diffs = {
             k: (state.get("settings", {}).get(k), v)

@@ -12,7 +12,10 @@ API robustbench calls, backed by pyautoattack, whose state file does resume. The
     model = rb.load_model("Standard", model_dir="models", dataset="cifar10", threat_model="Linf")
     clean, robust = rb.benchmark(model, n_examples=100, dataset="cifar10", threat_model="Linf", eps=8 / 255)
 
-:func:`export_submission` writes what a RobustBench model-zoo pull request needs for one of our checkpoints.
+:func:`export_submission` writes what a RobustBench model-zoo pull request needs for one of our checkpoints: the
+weights under RobustBench's own key names and a zoo entry that builds the model from robustbench's own classes
+(``PreActResNet`` with ``mu``/``sigma`` buffers as in its Wong2020Fast entry; ``timm.create_model`` wrapped in its
+``normalize_model`` as in its ImageNet entries), so that loading the submission needs robustbench alone.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from adv_transport.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from adv_transport.checkpoint import Run, atomic_save, atomic_write_text, load_run
+from adv_transport.data import DATASETS
 from adv_transport.errors import ConfigError
-from adv_transport.models import STATS, build_model
 
 from .autoattack import autoattack_flags, make_autoattack
 
@@ -70,10 +72,17 @@ class EvaluationState:
 
     @classmethod
     def from_disk(cls, path) -> EvaluationState:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+            attacks = data["attacks_to_run"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"{path} is not an AutoAttack state file (JSON with 'attacks_to_run', 'robust_flags', 'done'): "
+                f"{type(e).__name__}: {e}; delete it to start the evaluation afresh"
+            ) from None
         flags = data.get("robust_flags")
         return cls(
-            data["attacks_to_run"],
+            attacks,
             path,
             None if flags is None else torch.tensor(flags, dtype=torch.float32),
             data.get("done", 0),
@@ -174,15 +183,21 @@ __all__ = [
     "benchmark",
     "export_submission",
     "load_model",
+    "preact_to_robustbench",
+    "register_entry",
     "register_model",
     "robustbench",
-    "zoo_model",
+    "robustbench_state_dict",
+    "zoo_entry",
 ]
 
 # ---------------------------------------------------------------------------------------------- submissions
 
 NAME_PATTERN = re.compile(r"^[A-Z][A-Za-z]*\d{4}[A-Z][A-Za-z0-9_]*$")
+# the leaderboards of robustbench 1.1.1 a model trained by adv-transport can enter, as RobustBench spells them
+LEADERBOARDS = {"cifar10": ("Linf", "L2"), "cifar100": ("Linf",), "imagenet": ("Linf",)}
 THREATS = ("Linf", "L2")
+ZOO_DICT = {"Linf": "linf", "L2": "l2"}  # the OrderedDict of robustbench/model_zoo/<dataset>.py holding the entry
 CARD_FIELDS = (
     "link",
     "name",
@@ -200,72 +215,195 @@ CARD_FIELDS = (
 )
 
 
-class RobustBenchModel(nn.Module):
-    """Inputs in [0, 1], normalisation inside. Its state-dict keys avoid 'model.' and 'module.', which robustbench's
-    ``load_model`` strips from every key."""
+def preact_to_robustbench(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our ``PreActResNet18`` weights under the key names of robustbench's ``PreActResNet(PreActBlock, [2, 2, 2, 2])``:
+    ``layers.<i>.*`` -> ``layer<i // 2 + 1>.<i % 2>.*``, ``shortcut.weight`` -> ``shortcut.0.weight``; ``conv1``, the
+    final ``bn`` and ``linear`` keep their names."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("layers."):
+            _, i, rest = key.split(".", 2)
+            if rest.startswith("shortcut."):
+                rest = "shortcut.0." + rest[len("shortcut.") :]
+            key = f"layer{int(i) // 2 + 1}.{int(i) % 2}.{rest}"
+        out[key] = value
+    return out
 
-    def __init__(self, net: nn.Module, mean, std):
-        super().__init__()
-        self.net = net
-        self.register_buffer("mu", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("sigma", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def forward(self, x):
-        return self.net((x - self.mu) / self.sigma)
+def _architecture(run_model: str, dataset: str) -> str:
+    if run_model == "preact-resnet18":
+        if dataset == "imagenet":
+            raise ConfigError(
+                "robustbench's PreActResNet pools a 4x4 map (32x32 inputs): for ImageNet submit a timm:<name> model"
+            )
+        return "preact"
+    if run_model.startswith("timm:"):
+        return "timm"
+    raise ConfigError(
+        f"RobustBench has no {run_model!r} architecture; submit a preact-resnet18 or a timm:<name> model "
+        "(RobustBench's own classes must be able to load it)"
+    )
 
 
-def zoo_model(architecture: str, dataset: str) -> RobustBenchModel:
-    """An untrained model of ``architecture`` (our names: preact-resnet18, mnist-cnn, timm:<name>) for ``dataset``."""
-    normalized = build_model(architecture, dataset)
-    return RobustBenchModel(normalized.model, *STATS[dataset])
+def robustbench_state_dict(model, architecture: str, dataset: str) -> dict[str, torch.Tensor]:
+    """The weights of our :class:`~adv_transport.models.Normalized` ``model`` as the zoo entry of
+    :func:`zoo_entry` loads them through ``robustbench.utils.load_model`` (which cuts the first six characters of
+    every key holding 'model.' and, for ImageNet, prefixes 'model.' to every key)."""
+    inner = {k: v.detach().cpu().clone() for k, v in model.model.state_dict().items()}
+    mean, std = model.mean.detach().cpu().clone(), model.std.detach().cpu().clone()
+    kind = _architecture(architecture, dataset)
+    if kind == "preact":
+        return {"mu": mean, "sigma": std, **preact_to_robustbench(inner)}
+    bad = [k for k in inner if "model." in k or "module." in k]
+    if bad:
+        raise ConfigError(f"robustbench's load_model would rename the keys {bad[:3]} of this timm model; cannot submit")
+    if dataset == "imagenet":  # load_model adds 'model.'; the normalisation comes from the entry (missing keys allowed)
+        return inner
+    # CIFAR: normalize_model's keys, with the 'model.' that load_model cuts doubled
+    return {"normalize.mean": mean, "normalize.std": std, **{f"model.model.{k}": v for k, v in inner.items()}}
+
+
+def _floats(t) -> str:
+    """A tuple literal of float32 values, each in the fewest digits that read back as the same float32."""
+
+    def short(v: torch.Tensor) -> str:
+        for digits in range(4, 10):
+            text = f"{float(v):.{digits}g}"
+            if torch.tensor(float(text), dtype=torch.float32) == v:
+                return text
+        return repr(float(v))
+
+    return "(" + ", ".join(short(v) for v in torch.as_tensor(t, dtype=torch.float32).flatten()) + ")"
+
+
+def zoo_entry(
+    name: str,
+    architecture: str,
+    dataset: str,
+    threat_model: str,
+    num_classes: int,
+    mean,
+    std,
+    gdrive_id: str | None = None,
+) -> str:
+    """Python source of a robustbench model-zoo entry that needs robustbench (and timm, which it depends on) only.
+    Executed, it defines ``ENTRY = (name, {'model': ..., 'gdrive_id': ...})``."""
+    kind = _architecture(architecture, dataset)
+    where = f"robustbench/model_zoo/{dataset}.py"
+    gdrive = gdrive_id or f"<id of the uploaded models/{dataset}/{threat_model}/{name}.pt>"
+    head = (
+        f"# RobustBench model-zoo entry for {name} (written by adv-transport submit): robustbench's own classes.\n"
+        f"# Add the entry to the `{ZOO_DICT[threat_model]}` OrderedDict of {where}"
+        + (" and the class next to Wong2020FastNet" if kind == "preact" else "")
+        + f";\n# upload models/{dataset}/{threat_model}/{name}.pt and put its id in 'gdrive_id'.\n"
+    )
+    if kind == "preact":
+        return head + (
+            "import torch\n\n"
+            "from robustbench.model_zoo.architectures.resnet import PreActBlock, PreActResNet\n\n\n"
+            f"class {name}Net(PreActResNet):\n"
+            '    """PreAct-ResNet-18 with a BN-ReLU before the pooling and the shortcut taken from the pre-activated\n'
+            f'    input; inputs in [0, 1], the {dataset} mean and std inside the model (as Wong2020FastNet)."""\n\n'
+            "    def __init__(self):\n"
+            f"        super().__init__(PreActBlock, [2, 2, 2, 2], num_classes={num_classes}, bn_before_fc=True,\n"
+            "                         out_shortcut=True)\n"
+            f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
+            f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n\n"
+            "    def forward(self, x):\n"
+            "        x = (x - self.mu) / self.sigma\n"
+            f"        return super({name}Net, self).forward(x)\n\n\n"
+            f"ENTRY = ('{name}', {{\n"
+            f"    'model': {name}Net,\n"
+            f"    'gdrive_id': '{gdrive}',\n"
+            "})\n"
+        )
+    timm_name = architecture[len("timm:") :]
+    return head + (
+        "import timm\n\n"
+        "from robustbench.model_zoo.architectures.utils_architectures import normalize_model\n\n"
+        f"ENTRY = ('{name}', {{\n"
+        "    'model': lambda: normalize_model(\n"
+        f"        timm.create_model('{timm_name}', pretrained=False, num_classes={num_classes}),\n"
+        f"        {_floats(mean)}, {_floats(std)}),\n"
+        f"    'gdrive_id': '{gdrive}',\n"
+        "})\n"
+    )
+
+
+def register_entry(entry: str | Path, dataset: str = "cifar10", threat_model: str = "Linf") -> str:
+    """Execute a zoo entry (its source, or the path of ``model_zoo_entry.py``) and add it to the installed
+    robustbench's in-memory model zoo, so that ``load_model(name, model_dir=...)`` finds it. Returns its name."""
+    source = Path(entry).read_text() if isinstance(entry, Path) or str(entry).endswith(".py") else str(entry)
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "model_zoo_entry.py", "exec"), namespace)
+    name, spec = namespace["ENTRY"]
+    model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)][name] = spec
+    return name
 
 
 def register_model(name: str, architecture: str, dataset: str = "cifar10", threat_model: str = "Linf") -> None:
-    """Add ``name`` to robustbench's in-memory model zoo so that ``load_model(name, model_dir=...)`` finds it."""
-    zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
-    zoo[name] = {"model": lambda: zoo_model(architecture, dataset), "gdrive_id": ""}
+    """Add ``name`` (our ``architecture`` with ``dataset``'s class count and statistics) to robustbench's in-memory
+    model zoo, through the same entry :func:`export_submission` writes."""
+    spec = DATASETS[dataset]
+    source = zoo_entry(name, architecture, dataset, threat_model, spec["classes"], spec["mean"], spec["std"], "local")
+    register_entry(source, dataset, threat_model)
 
 
 def _check(name: str, dataset: str, threat_model: str) -> None:
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"RobustBench names are <Name><Year><Word>, e.g. Doe2026Langevin; got {name!r}")
-    if dataset not in ("cifar10", "cifar100"):
+    if dataset not in LEADERBOARDS:
         raise ConfigError(
-            f"RobustBench has no leaderboard for {dataset!r} that we can train for; accepted: cifar10 "
-            "(cifar100 models are not built by adv-transport yet)"
+            f"RobustBench has no leaderboard for {dataset!r}; accepted: {', '.join(LEADERBOARDS)} "
+            "(RobustBench spells the threat models Linf and L2)"
         )
-    if threat_model not in THREATS:
-        raise ConfigError(f"threat model {threat_model!r} not accepted; accepted: {', '.join(THREATS)}")
+    if threat_model not in LEADERBOARDS[dataset]:
+        accepted = ", ".join(f"{d} {t}" for d, ts in LEADERBOARDS.items() for t in ts)
+        raise ConfigError(f"RobustBench has no {dataset} {threat_model!r} leaderboard; accepted: {accepted}")
+
+
+def _eps_text(eps: float, threat_model: str) -> str:
+    if threat_model == "Linf" and abs(eps * 255 - round(eps * 255)) < 1e-6:
+        return f"{round(eps * 255)}/255"
+    return f"{eps:g}"
+
+
+ARCHITECTURE_NAMES = {"preact-resnet18": "PreActResNet-18"}
 
 
 def export_submission(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Run,
     name: str,
     dataset: str,
     threat_model: str,
     out_dir: str | Path,
     report: dict | None = None,
     card: dict | None = None,
+    gdrive_id: str | None = None,
 ) -> dict[str, Path]:
-    """Write a RobustBench submission for an ``adv-transport train`` checkpoint into ``out_dir``:
+    """Write a RobustBench submission for an ``adv-transport train`` run (its folder, checkpoint, or
+    :func:`~adv_transport.load_run` result) into ``out_dir``:
 
-    - ``models/<dataset>/<threat>/<name>.pt``: ``{'state_dict': ...}`` as ``robustbench.utils.load_model`` reads it;
-    - ``model_info/<dataset>/<threat>/<name>.json``: the model card, filled from the evaluation ``report``
-      (AutoAttack accuracy only when it was run on all 10,000 test points; otherwise left empty and explained in
-      the footnote);
-    - ``model_zoo_entry.py``: the entry to add to robustbench's model zoo.
+    - ``models/<dataset>/<threat>/<name>.pt``: ``{'state_dict': ...}`` under RobustBench's key names, as
+      ``robustbench.utils.load_model`` reads it for the entry below;
+    - ``model_info/<dataset>/<threat>/<name>.json``: the model card (``name`` is the paper title, from ``card``),
+      filled from the evaluation ``report`` (AutoAttack accuracy only when it was run on all 10,000 test points;
+      otherwise left empty and explained in the footnote); ``reported`` only when ``card`` gives it;
+    - ``model_zoo_entry.py``: the entry for robustbench's model zoo (robustbench's own classes; see :func:`zoo_entry`).
     """
     _check(name, dataset, threat_model)
-    state = load_checkpoint(checkpoint)
-    recipe = state.get("config", {}).get("recipe") or {}
+    run = checkpoint if isinstance(checkpoint, Run) else load_run(checkpoint)
+    recipe = run.recipe
     if recipe.get("dataset") != dataset:
         raise ConfigError(f"the checkpoint was trained on {recipe.get('dataset')!r}, not {dataset!r}")
-    rb_model = zoo_model(recipe["model"], dataset)
-    rb_model.net.load_state_dict({k[len("model.") :]: v for k, v in state["model"].items() if k.startswith("model.")})
+    norm = {"linf": "Linf", "l2": "L2"}.get(recipe.get("norm", "linf"))
+    if norm != threat_model:
+        raise ConfigError(f"the checkpoint was trained against {norm} perturbations, not {threat_model}")
+    model = run.model
+    weights = robustbench_state_dict(model, recipe["model"], dataset)
+    num_classes = int(run.config.get("num_classes") or DATASETS[dataset]["classes"])
     out = Path(out_dir)
-    ckpt_path = atomic_save(
-        {"state_dict": rb_model.state_dict()}, out / "models" / dataset / threat_model / f"{name}.pt"
-    )
+    ckpt_path = atomic_save({"state_dict": weights}, out / "models" / dataset / threat_model / f"{name}.pt")
     report = report or {}
     footnote = []
     aa = report.get("autoattack_acc")
@@ -290,25 +428,19 @@ def export_submission(
         "number_forward_passes": 1,
         "dataset": dataset,
         "venue": "",
-        "architecture": recipe["model"],
-        "eps": f"{eps * 255:.0f}/255" if threat_model == "Linf" else f"{eps:g}",
+        "architecture": ARCHITECTURE_NAMES.get(recipe["model"], recipe["model"].replace("timm:", "")),
+        "eps": _eps_text(eps, threat_model),
         "clean_acc": f"{report['clean_acc']:.2f}" if "clean_acc" in report else "",
-        "reported": autoattack_acc,
+        "reported": "",
         "autoattack_acc": autoattack_acc,
         "footnote": " ".join(footnote) or None,
     }
     info.update(card or {})
+    if not info["name"]:
+        raise ConfigError("the card's 'name' is the paper's title: pass it (adv-transport submit --title '...')")
     card_path = atomic_write_text(
         json.dumps(info, indent=4) + "\n", out / "model_info" / dataset / threat_model / f"{name}.json"
     )
-    entry = (
-        f"# robustbench/model_zoo/{dataset.replace('cifar10', 'cifar10')}.py, in the {threat_model} OrderedDict:\n"
-        f"('{name}', {{\n"
-        f"    # architecture '{recipe['model']}' from adv-transport (adv_transport.plugins.robustbench.zoo_model);\n"
-        f"    # inputs in [0, 1], normalisation inside the model\n"
-        f"    'model': lambda: zoo_model('{recipe['model']}', '{dataset}'),\n"
-        f"    'gdrive_id': '<id of the uploaded models/{dataset}/{threat_model}/{name}.pt>',\n"
-        "}),\n"
-    )
+    entry = zoo_entry(name, recipe["model"], dataset, threat_model, num_classes, model.mean, model.std, gdrive_id)
     entry_path = atomic_write_text(entry, out / "model_zoo_entry.py")
     return {"checkpoint": ckpt_path, "card": card_path, "zoo_entry": entry_path}

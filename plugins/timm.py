@@ -8,13 +8,23 @@ from __future__ import annotations
 import timm
 import torch.nn as nn
 
+from adv_transport.errors import ConfigError
+
+
+def check_model_name(name: str) -> None:
+    """Raise a one-line :class:`ConfigError` (with close names) when timm has no model ``name``."""
+    if not timm.is_model(name):  # timm.create_model would raise RuntimeError('Unknown model ...')
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"close names: {', '.join(close)}" if close else "e.g. resnet18, resnet50, vit_small_patch16_224"
+        raise ConfigError(f"timm {timm.__version__} has no model {name!r}; {hint} (all: timm.list_models())")
+
 
 def create_model(name: str, in_chans: int = 3, num_classes: int = 10, pretrained: bool = False, **kwargs) -> nn.Module:
     """``timm.create_model`` with the channel count and class count of our datasets."""
-    try:
-        return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes, **kwargs)
-    except RuntimeError as e:  # timm raises RuntimeError('Unknown model ...')
-        raise ValueError(f"timm has no model {name!r} ({e}); see timm.list_models()") from None
+    check_model_name(name)
+    return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, num_classes=num_classes, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- optimizers

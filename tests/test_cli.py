@@ -61,3 +61,44 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
     assert main(argv + ["--data-dir", str(mnist_dir), "--out", str(out)]) == 0
     assert (out / "training.png").stat().st_size > 1000
     assert (out / "eval.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--epochs", "0"], "--epochs 0 is not accepted; accepted: an integer >= 1"),
+        (["--lr", "nan"], "--lr nan is not accepted; accepted: a finite number > 0"),
+        (["--lr", "-1"], "--lr -1.0 is not accepted"),
+        (["--batch-size", "0"], "--batch-size 0 is not accepted"),
+        (["--step-size", "inf"], "--step-size inf is not accepted"),
+        (["--model", "timm:resnet19"], "has no model 'resnet19'; close names: resnet18"),
+        (["--model", "resnet18"], "unknown model 'resnet18'; accepted: mnist-cnn"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(mnist_dir, tmp_path, capsys, extra, message):
+    assert _train(mnist_dir, tmp_path / "run", *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_dataset_is_refused_with_the_accepted_list(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "stl10"])
+    assert "accepted: mnist, cifar10, cifar100, svhn, imagenet, folder:<path>" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_is_a_one_line_error_for_eval_and_resume(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(mnist_dir, out) == 0
+    data = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.prev.pt").unlink()
+    (out / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data-dir", str(mnist_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is truncated or corrupt, not an adv-transport checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+    assert _train(mnist_dir, out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "no previous checkpoint checkpoint.prev.pt to resume from" in err and len(err.strip().splitlines()) == 1

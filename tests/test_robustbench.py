@@ -76,27 +76,147 @@ def test_benchmark_runs_autoattack_and_resumes_from_its_state(tmp_path, monkeypa
     assert calls == [] and robust_b == robust_a == robust
 
 
+def _trained_like(arch, dataset, seed=0):
+    """A model of ``arch`` whose batch-norm statistics and affine weights are not the initial ones (as after training),
+    so that a wrong key mapping or a missing final BN shows in the outputs."""
+    torch.manual_seed(seed)
+    model = build_model(arch, dataset)
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+    return model.eval()
+
+
+def _run_dir(tmp_path, arch, dataset, eps=8 / 255, norm="linf", report=None):
+    model = _trained_like(arch, dataset)
+    run = tmp_path / f"{dataset}-{arch.replace(':', '-')}"
+    run.mkdir()
+    recipe = {"dataset": dataset, "model": arch, "eps": eps, "method": "atl", "norm": norm}
+    torch.save({"config": {"recipe": recipe}, "model": model.state_dict(), "epoch": 1}, run / "checkpoint.pt")
+    if report is not None:
+        (run / "eval.json").write_text(json.dumps(report))
+    return run, model
+
+
+def test_preact_resnet18_maps_onto_robustbench_preactresnet():
+    from robustbench.model_zoo.architectures.resnet import PreActBlock, PreActResNet
+
+    import adv_transport.plugins.robustbench as rb
+
+    ours = _trained_like("preact-resnet18", "cifar10")
+    theirs = PreActResNet(PreActBlock, [2, 2, 2, 2], num_classes=10, bn_before_fc=True, out_shortcut=True).eval()
+    mapped = rb.preact_to_robustbench(ours.model.state_dict())
+    assert set(mapped) == set(theirs.state_dict())  # the same key names, nothing left over
+    theirs.load_state_dict(mapped, strict=True)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(theirs((x - ours.mean) / ours.std), ours(x), atol=1e-5)
+
+
+AUTOATTACK_ALIAS = """\
+# the only stand-in the subprocess uses: robustbench 1.1.1 imports these names of the GitHub-only autoattack package
+class AutoAttack:
+    pass
+"""
+STOCK_ROBUSTBENCH = """\
+import importlib.abc, json, sys
+from pathlib import Path
+
+class NoAdvTransport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "adv_transport" or name.startswith("adv_transport."):
+            raise ImportError("this process must not import adv_transport")
+
+sys.meta_path.insert(0, NoAdvTransport())
+root = Path(sys.argv[1])
+sys.path.insert(0, str(root / "alias"))
+import torch
+from robustbench.model_zoo import model_dicts
+from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+from robustbench.utils import load_model
+
+namespace = {}
+exec((root / "sub" / "model_zoo_entry.py").read_text(), namespace)
+name, spec = namespace["ENTRY"]
+model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf][name] = spec
+model = load_model(name, model_dir=root / "sub" / "models", dataset="cifar10", threat_model="Linf")
+ref = torch.load(root / "reference.pt", weights_only=True)
+with torch.no_grad():
+    out = model(ref["x"])
+print(json.dumps({"max_diff": (out - ref["logits"]).abs().max().item(), "class": type(model).__name__,
+                  "adv_transport_loaded": any(m.startswith("adv_transport") for m in sys.modules)}))
+"""
+
+
+def test_cifar10_submission_loads_with_stock_robustbench_alone(tmp_path):
+    """The CLI's submission, loaded in a fresh process that cannot import adv_transport: robustbench's load_model
+    (from the file where it looks, so nothing is downloaded) returns a model whose outputs equal ours."""
+    from adv_transport.cli import main
+
+    run, ours = _run_dir(tmp_path, "preact-resnet18", "cifar10")
+    argv = ["submit", "--checkpoint", str(run), "--name", "Doe2026Langevin", "--out", str(tmp_path / "sub")]
+    assert main(argv + ["--title", "Langevin adversarial transport"]) == 0
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.save({"x": x, "logits": ours(x)}, tmp_path / "reference.pt")
+    alias = tmp_path / "alias" / "autoattack"
+    alias.mkdir(parents=True)
+    (alias / "__init__.py").write_text(AUTOATTACK_ALIAS)
+    (alias / "state.py").write_text("class EvaluationState:\n    pass\n")
+    res = subprocess.run(
+        [sys.executable, "-c", STOCK_ROBUSTBENCH, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["class"] == "Doe2026LangevinNet" and not got["adv_transport_loaded"]
+    assert got["max_diff"] < 1e-5
+    entry = (tmp_path / "sub" / "model_zoo_entry.py").read_text()
+    assert "adv_transport" not in entry and "PreActResNet" in entry and "mu" in entry
+
+
+@pytest.mark.parametrize("dataset,eps", [("cifar100", 8 / 255), ("imagenet", 4 / 255)])
+def test_timm_submissions_use_timm_create_model_and_load(tmp_path, dataset, eps):
+    import adv_transport.plugins.robustbench as rb
+
+    run, ours = _run_dir(tmp_path, "timm:resnet18", dataset, eps=eps)
+    paths = rb.export_submission(run, "Doe2026Langevin", dataset, "Linf", tmp_path / "sub", card={"name": "T"})
+    entry = paths["zoo_entry"].read_text()
+    assert "timm.create_model('resnet18', pretrained=False" in entry and "normalize_model" in entry
+    assert "adv_transport" not in entry
+    name = rb.register_entry(paths["zoo_entry"], dataset, "Linf")
+    loaded = rb.load_model(name, model_dir=tmp_path / "sub" / "models", dataset=dataset, threat_model="Linf")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ours(x), atol=1e-5)
+    card = json.loads(paths["card"].read_text())
+    assert card["dataset"] == dataset and card["eps"] == ("4/255" if dataset == "imagenet" else "8/255")
+    assert paths["card"].parent == tmp_path / "sub" / "model_info" / dataset / "Linf"
+
+
 def test_submission_round_trip_through_load_model(tmp_path):
     import adv_transport.plugins.robustbench as rb
 
-    torch.manual_seed(0)
-    ours = build_model("preact-resnet18", "cifar10").eval()
-    recipe = {"dataset": "cifar10", "model": "preact-resnet18", "eps": 8 / 255, "method": "atl"}
-    torch.save({"config": {"recipe": recipe}, "model": ours.state_dict(), "epoch": 1}, tmp_path / "checkpoint.pt")
+    run, ours = _run_dir(tmp_path, "preact-resnet18", "cifar10")
     report = {"clean_acc": 81.5, "autoattack_acc": 40.25, "n_examples": 1000, "eps": 8 / 255}
     paths = rb.export_submission(
-        tmp_path / "checkpoint.pt",
+        run,
         "Doe2026Langevin",
         "cifar10",
         "Linf",
         tmp_path / "sub",
         report=report,
-        card={"authors": "J. Doe"},
+        card={"authors": "J. Doe", "name": "Langevin adversarial transport"},
     )
     assert paths["checkpoint"] == tmp_path / "sub/models/cifar10/Linf/Doe2026Langevin.pt"
     card = json.loads(paths["card"].read_text())
     assert card["eps"] == "8/255" and card["clean_acc"] == "81.50" and card["authors"] == "J. Doe"
+    assert card["name"] == "Langevin adversarial transport" and card["architecture"] == "PreActResNet-18"
     assert card["autoattack_acc"] == "" and "first 1000" in card["footnote"]  # not the 10,000-point protocol
+    assert card["reported"] == ""  # only when given
     assert "'Doe2026Langevin'" in paths["zoo_entry"].read_text()
 
     rb.register_model("Doe2026Langevin", "preact-resnet18", "cifar10", "Linf")
@@ -105,7 +225,7 @@ def test_submission_round_trip_through_load_model(tmp_path):
     )
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(loaded(x), ours(x), atol=1e-6)
+        assert torch.allclose(loaded(x), ours(x), atol=1e-5)
 
 
 def test_bad_submission_names_and_datasets_are_explained(tmp_path):
@@ -116,38 +236,43 @@ def test_bad_submission_names_and_datasets_are_explained(tmp_path):
         rb.export_submission(tmp_path / "x.pt", "my_model", "cifar10", "Linf", tmp_path)
     with pytest.raises(ConfigError, match="no leaderboard for 'mnist'"):
         rb.export_submission(tmp_path / "x.pt", "Doe2026Langevin", "mnist", "Linf", tmp_path)
+    with pytest.raises(ConfigError, match="no cifar100 'L2' leaderboard; accepted: cifar10 Linf, cifar10 L2"):
+        rb.export_submission(tmp_path / "x.pt", "Doe2026Langevin", "cifar100", "L2", tmp_path)
+    run, _ = _run_dir(tmp_path, "small-cnn", "cifar10")
+    with pytest.raises(ConfigError, match="RobustBench has no 'small-cnn' architecture"):
+        rb.export_submission(run, "Doe2026Langevin", "cifar10", "Linf", tmp_path / "s", card={"name": "T"})
+    run, _ = _run_dir(tmp_path, "preact-resnet18", "cifar100")
+    with pytest.raises(ConfigError, match="paper's title"):
+        rb.export_submission(run, "Doe2026Langevin", "cifar100", "Linf", tmp_path / "s")
+    with pytest.raises(ConfigError, match="trained against Linf perturbations, not L2"):
+        rb.export_submission(run.parent / "cifar10-small-cnn", "Doe2026Langevin", "cifar10", "L2", tmp_path / "s")
 
 
 def test_submit_command_reads_eval_report(tmp_path, capsys):
     from adv_transport.cli import main
 
-    torch.manual_seed(0)
-    recipe = {"dataset": "cifar10", "model": "preact-resnet18", "eps": 8 / 255, "method": "atl"}
-    torch.save(
-        {"config": {"recipe": recipe}, "model": build_model("preact-resnet18", "cifar10").state_dict()},
-        tmp_path / "checkpoint.pt",
-    )
-    (tmp_path / "eval.json").write_text(
-        json.dumps({"clean_acc": 80.0, "autoattack_acc": 41.0, "n_examples": 10000, "eps": 8 / 255, "lossy_data": True})
-    )
-    assert (
-        main(
-            [
-                "submit",
-                "--checkpoint",
-                str(tmp_path),
-                "--name",
-                "Doe2026Langevin",
-                "--out",
-                str(tmp_path / "sub"),
-                "--authors",
-                "J. Doe",
-            ]
-        )
-        == 0
-    )
+    report = {"clean_acc": 80.0, "autoattack_acc": 41.0, "n_examples": 10000, "eps": 8 / 255, "lossy_data": True}
+    run, _ = _run_dir(tmp_path, "preact-resnet18", "cifar10", report=report)
+    argv = ["submit", "--checkpoint", str(run), "--name", "Doe2026Langevin", "--out", str(tmp_path / "sub")]
+    argv += ["--authors", "J. Doe", "--title", "Langevin adversarial transport", "--reported", "42.5"]
+    assert main(argv) == 0
     card = json.loads((tmp_path / "sub/model_info/cifar10/Linf/Doe2026Langevin.json").read_text())
-    assert card["autoattack_acc"] == "41.00" and card["authors"] == "J. Doe"
+    assert card["autoattack_acc"] == "41.00" and card["authors"] == "J. Doe" and card["reported"] == "42.50"
+    assert card["name"] == "Langevin adversarial transport"
     assert "JPEG-lossy" in card["footnote"]
-    assert main(["submit", "--checkpoint", str(tmp_path), "--name", "bad-name", "--out", str(tmp_path / "x")]) == 2
+    bad = ["submit", "--checkpoint", str(run), "--name", "bad-name", "--out", str(tmp_path / "x"), "--title", "T"]
+    assert main(bad) == 2
     assert "<Name><Year><Word>" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --title is required
+        main(["submit", "--checkpoint", str(run), "--name", "Doe2026Langevin"])
+    assert "--title" in capsys.readouterr().err
+
+
+def test_corrupt_autoattack_state_file_is_a_one_line_error(tmp_path):
+    import adv_transport.plugins.robustbench as rb
+    from adv_transport.errors import ConfigError
+
+    state = tmp_path / "aa_state.json"
+    state.write_text('{"attacks_to_run": ["apgd-ce"], "robust')  # cut short
+    with pytest.raises(ConfigError, match="aa_state.json is not an AutoAttack state file"):
+        rb.EvaluationState.from_disk(state)
