@@ -161,3 +161,26 @@ def test_eps_out_of_range_is_rejected(eps):
 def test_l2_eps_beyond_box_diameter_is_rejected():
     with pytest.raises(ConfigError, match="sqrt"):
         ThreatModel("l2", 30.0).check_input_dim(784)
+
+
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+@pytest.mark.parametrize("d", [4, 3072])
+def test_l2_noise_to_drift_ratio_does_not_depend_on_the_dimension(noise, d):
+    # l2 noise is s * sqrt(2 eta) * xi / sqrt(d): its l2 norm (root mean square over examples) is s * sqrt(2 eta)
+    # for Gaussian xi and s * sqrt(2 eta / 3) for uniform xi, in any dimension, against a drift of norm eta
+    eta, s_scale, n = 0.01, 0.2, 512
+    shape = (n, 1, 1, d)
+    threat = ThreatModel("l2", 1.0)
+    x = torch.full(shape, 0.5)
+    y = torch.zeros(n, dtype=torch.long)
+    sampler = LangevinSampler(threat, step_size=eta, noise_scale=s_scale, steps=1, noise=noise)
+    gen = torch.Generator().manual_seed(0)
+    noise_only = sampler.sample(Linear2(torch.zeros(2, d)), x, y, generator=gen)  # zero gradient: no drift
+    rms = noise_only.flatten(1).norm(dim=1).pow(2).mean().sqrt().item()
+    expected = s_scale * math.sqrt(2 * eta) / (math.sqrt(3) if noise == "uniform" else 1.0)
+    assert rms == pytest.approx(expected, rel=0.05)
+    w = torch.zeros(2, d)
+    w[1] = torch.linspace(-1, 1, d)
+    drift = LangevinSampler(threat, step_size=eta, noise_scale=0.0).sample(Linear2(w), x, y)
+    assert drift.flatten(1).norm(dim=1).tolist() == pytest.approx([eta] * n, rel=1e-4)
+    assert rms / eta == pytest.approx(s_scale * math.sqrt(2 / eta) / (math.sqrt(3) if noise == "uniform" else 1), 0.05)
