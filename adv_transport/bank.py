@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .errors import BankMismatchError, ConfigError
-from .threat import ThreatModel
+from .threat import ThreatModel, project_l2_box
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 INITS = ("zero", "uniform")
@@ -186,14 +186,18 @@ class AdversarialBank:
 
     @torch.no_grad()
     def write(self, idx: torch.Tensor, copy: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> None:
-        """Store ``delta`` for examples ``idx`` (copy ``copy``), after projecting it onto the ball and the box."""
+        """Store ``delta`` for examples ``idx`` (copy ``copy``), after projecting it onto the intersection of the ball
+        and the box (the Euclidean projection, :meth:`ThreatModel.delta_to`)."""
         idx = self._check_index(idx)
         self._check_batch(x, idx)
         if delta.shape != x.shape:
             raise ConfigError(f"delta of shape {tuple(delta.shape)} does not match inputs of shape {tuple(x.shape)}")
         x32 = x.detach().float().to(self.storage.device)
-        d32 = self.threat.project(delta.detach().float().to(self.storage.device))
-        d32 = (x32 + d32).clamp(0.0, 1.0) - x32
+        d32 = delta.detach().float().to(self.storage.device)
+        if self.threat.norm == "linf":
+            d32 = (x32 + self.threat.project(d32)).clamp(0.0, 1.0) - x32
+        else:  # the exact projection onto ball and box (ball-then-box is not the nearest point in l2)
+            d32 = project_l2_box(d32, x32, self.threat.eps)
         stored = self._quantise_feasible(d32, x32)
         copy = copy.long().to(self.storage.device)
         self.storage[idx, copy] = stored
