@@ -58,8 +58,11 @@ class LangevinSampler:
             keeps the same ratio to the drift (of norm eta) in any dimension; see the module docstring.
         steps: T, Langevin steps per call (the chain is warm-started from the given delta).
         noise: ``uniform`` (xi ~ U[-1, 1] per coordinate, the authors' code) or ``gaussian`` (xi ~ N(0, 1)).
-        model_mode: ``train`` (default, as in the authors' code: dropout on, batch-norm in batch mode),
-            ``eval``, or ``keep`` (leave the model as it is). The previous mode is restored afterwards.
+        model_mode: ``train`` (default, as in the authors' code: dropout on, batch-norm normalises with the batch's
+            statistics and updates its running statistics at every step), ``batch-stats`` (the same, but batch-norm
+            running statistics are left untouched), ``eval``, or ``keep`` (leave the model as it is). Submodules in
+            eval mode under a model in train mode stay in eval mode; every mode is restored afterwards
+            (:mod:`adv_transport.modes`).
     """
 
     def __init__(

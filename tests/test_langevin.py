@@ -187,3 +187,25 @@ def test_l2_noise_to_drift_ratio_does_not_depend_on_the_dimension(noise, d):
     drift = LangevinSampler(threat, step_size=eta, noise_scale=0.0).sample(Linear2(w), x, y)
     assert drift.flatten(1).norm(dim=1).tolist() == pytest.approx([eta] * n, rel=1e-4)
     assert rms / eta == pytest.approx(s_scale * math.sqrt(2 / eta) / (math.sqrt(3) if noise == "uniform" else 1), 0.05)
+
+
+def test_batch_stats_mode_normalises_with_the_batch_and_leaves_running_statistics_alone():
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Flatten(), torch.nn.Linear(12, 2)
+        )
+
+    x = torch.rand(8, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 2
+    threat = ThreatModel("linf", 0.3)
+    deltas, stats = {}, {}
+    for mode in ("train", "batch-stats", "eval"):
+        m = net()
+        before = {k: v.clone() for k, v in m[1].state_dict().items()}
+        deltas[mode] = LangevinSampler(threat, 0.05, 0.0, steps=3, model_mode=mode).sample(m, x, y)
+        stats[mode] = all(torch.equal(v, m[1].state_dict()[k]) for k, v in before.items())
+        assert m[1].training and m[1].track_running_stats  # flags restored
+    assert torch.equal(deltas["batch-stats"], deltas["train"])  # batch statistics, as in train mode
+    assert not torch.equal(deltas["batch-stats"], deltas["eval"])
+    assert stats == {"train": False, "batch-stats": True, "eval": True}  # running stats untouched by batch-stats
