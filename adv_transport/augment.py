@@ -78,6 +78,7 @@ class Augmented(nn.Module):
 
     def __init__(self, model: nn.Module, params: CropFlipParams, padding: int):
         super().__init__()
+        self.training = model.training  # mode changes see the model's own mode (adv_transport.modes)
         self.model = model
         self.params = params
         self.padding = padding

@@ -1,11 +1,38 @@
 """The adversarial bank: K persistent perturbations per training example, addressed by dataset index.
 
 The bank stores ``delta = x_adv - x`` rather than ``x_adv``: delta is bounded by eps, so it quantises to int8 (one byte
-per input value, a uniform grid of step eps/127 over [-eps, eps]) or float16 without meaningful loss. Whatever the
-storage dtype, after every write each stored delta (as read back) lies in the threat ball and ``x + delta`` in
-[0, 1]. float32 storage keeps the projected delta as computed (feasible up to one float32 rounding, below 1e-7 for
-inputs in [0, 1]); float16 and int8 storage round values that quantisation would push outside toward zero instead,
-which stays feasible because the feasible set of each coordinate is an interval containing both 0 and delta.
+per input value) or float16 without meaningful loss. Whatever the storage dtype, after every write each stored delta
+(as read back) lies in the threat ball and ``x + delta`` in [0, 1]: values that quantisation would push outside are
+rounded toward zero instead, which stays feasible because the feasible set of each coordinate is an interval
+containing both 0 and delta.
+
+Error of a read-back delta (``err = read - written``, the written delta already projected onto ball and box; d input
+values per example; ``kappa = sqrt(d) * ||delta||_inf / ||delta||_2``, between 1 and sqrt(d), about 3.5-4.5 for the
+spread-out perturbations of l2 chains at d = 784-3072):
+
+==========  =====================================================  ==================================================
+dtype       l-inf                                                  l2
+==========  =====================================================  ==================================================
+float32     none (stored as computed, up to one float32 rounding)      the same
+float16     ``|err_i| <= 2^-10 |delta_i| + 2^-24`` per coordinate  the same per coordinate, so
+            (half an ulp, one ulp where a value had to move        ``||err||_2 <= 2^-10 ||delta||_2 + 2^-24 sqrt(d)``
+            toward zero to stay feasible)
+int8        a grid of step eps/127 over [-eps, eps]:               a grid of step ``||delta||_inf / 127`` per example
+            ``|err_i| <= eps/254``, ``eps/127`` where a value      (a float32 scale per example and copy, 4 bytes),
+            had to move toward zero to stay feasible               rescaled so the norm is kept:
+                                                                   ``||err||_2 <= kappa / 127 * ||delta||_2`` (at
+                                                                   most 1.2 % measured), plus one grid step on those
+                                                                   coordinates that had to move toward zero to stay
+                                                                   in the box;
+                                                                   ``||read||_2 = ||delta||_2`` up to float rounding
+                                                                   except for those coordinates
+==========  =====================================================  ==================================================
+
+(A single grid of step eps/127 is far too coarse for l2, whose coordinates are about eps / sqrt(d): it lost a third
+of the values to zero and shrank the norm to 0.84 eps on every write; hence the per-example scale.)
+
+Duplicate example indices in one write (a sampler drawing with replacement) are defined: for each (example, copy)
+the last occurrence in the batch is stored (last write wins), on every device.
 
 Chains start lazily on their first read, either clean (delta = 0) or uniformly in the ball; the first read is
 when ``x`` is known, so a uniform start can be clipped to the image box. Reading never changes the stored values.
@@ -21,11 +48,23 @@ import numpy as np
 import torch
 
 from .errors import BankMismatchError, ConfigError
-from .threat import ThreatModel
+from .threat import ThreatModel, project_l2_box
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 INITS = ("zero", "uniform")
 _INT8_LEVELS = 127
+
+
+def _last_occurrences(key: torch.Tensor) -> torch.Tensor | None:
+    """Positions of the last occurrence of each distinct value of ``key`` (in the order of the sorted values), or
+    None when all values are distinct."""
+    if key.numel() < 2:
+        return None
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    if uniq.numel() == key.numel():
+        return None
+    pos = torch.arange(key.numel(), device=key.device)
+    return torch.full((uniq.numel(),), -1, dtype=torch.long, device=key.device).scatter_reduce_(0, inverse, pos, "amax")
 
 
 class AdversarialBank:
@@ -36,7 +75,8 @@ class AdversarialBank:
         shape: shape of one input (e.g. ``(1, 28, 28)``).
         threat: the :class:`ThreatModel` whose ball every stored delta lies in.
         copies: K, the number of chains per example. With K > 1 each read picks one copy at random.
-        dtype: storage dtype, one of ``float32``, ``float16``, ``int8`` (quantised over [-eps, eps]).
+        dtype: storage dtype, one of ``float32``, ``float16``, ``int8`` (l-inf: a grid of step eps/127; l2: a grid
+            of step ``||delta||_inf / 127`` per example and copy). Error bounds: see the module docstring.
         init: ``zero`` (start from the clean input) or ``uniform`` (uniform in the ball, clipped to [0, 1]).
         device: where the storage lives (default CPU; put it on the GPU when it fits).
         path: if given, the storage is a memory-mapped file at this path (for banks larger than RAM).
@@ -83,12 +123,24 @@ class AdversarialBank:
             mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np_dtype, shape=full)
             self.storage = torch.from_numpy(mm)
         self.initialized = torch.zeros(self.num_examples, self.copies, dtype=torch.bool, device=self.storage.device)
+        # int8 l2: one grid step per (example, copy); eps/127 until written (the grid of banks saved without scales)
+        self.row_scale = None
+        if self.per_example_scale:
+            self.row_scale = torch.full(
+                (self.num_examples, self.copies), self.threat.eps / _INT8_LEVELS, device=self.storage.device
+            )
+
+    @property
+    def per_example_scale(self) -> bool:
+        """int8 storage of l2 perturbations keeps one grid step per example and copy (see the module docstring)."""
+        return self.dtype == "int8" and self.threat.norm == "l2"
 
     # ------------------------------------------------------------------ sizes
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the stored perturbations and the initialisation flags."""
-        return self.storage.numel() * self.storage.element_size() + self.initialized.numel()
+        """Bytes held by the stored perturbations, their per-example scales (int8 l2) and the initialisation flags."""
+        scales = 0 if self.row_scale is None else self.row_scale.numel() * self.row_scale.element_size()
+        return self.storage.numel() * self.storage.element_size() + scales + self.initialized.numel()
 
     def __repr__(self) -> str:
         return (
@@ -108,10 +160,42 @@ class AdversarialBank:
             return delta.half()
         return torch.round(delta / self._scale).clamp(-_INT8_LEVELS, _INT8_LEVELS).to(torch.int8)
 
-    def _decode(self, stored: torch.Tensor) -> torch.Tensor:
+    def _decode(self, stored: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         if self.dtype == "int8":
+            if scale is not None:  # per-example grid (int8 l2)
+                return stored.float() * scale.view(-1, *([1] * (stored.dim() - 1)))
             return stored.float() * self._scale
         return stored.float()
+
+    def _quantise_l2_int8(self, delta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode feasible l2 deltas on a per-example grid of step ``||delta||_inf / 127``; returns (int8 values,
+        scales). The scale is then adjusted so the decoded norm equals ``||delta||_2`` (round-to-nearest changes it
+        a little); coordinates pushed out of the box move one step toward zero (zero if still out), and a norm pushed
+        over eps by float rounding shrinks the scale by a few ulps. Every read-back delta is feasible."""
+        flat = delta.flatten(1)
+        view = (-1,) + (1,) * (delta.dim() - 1)
+        peak = flat.abs().amax(1)
+        scale = torch.where(peak > 0, peak / _INT8_LEVELS, torch.full_like(peak, self._scale))
+        q = torch.round(delta / scale.view(view)).clamp_(-_INT8_LEVELS, _INT8_LEVELS)
+        got = (q * scale.view(view)).flatten(1).norm(p=2, dim=1)
+        want = flat.norm(p=2, dim=1)
+        scale = torch.where(got > 0, scale * (want / got.clamp_min(1e-30)), scale)  # keep the norm
+        stored = q.to(torch.int8)
+        for attempt in range(5):
+            deq = self._decode(stored, scale)
+            bad = ((deq < -x) | (deq > 1.0 - x)) & (stored != 0)
+            if not bool(bad.any()):
+                break
+            if attempt == 4:  # zero is always feasible
+                stored = torch.where(bad, torch.zeros_like(stored), stored)
+            else:
+                stored = self._toward_zero(stored, bad)
+        for _ in range(8):  # float rounding only: the kept norm is <= eps in exact arithmetic
+            over = ~self.threat.contains(self._decode(stored, scale), atol=0.0)
+            if not bool(over.any()):
+                break
+            scale = torch.where(over, scale * (1.0 - 2.0**-20), scale)  # shrinking keeps the box
+        return stored, scale
 
     def _toward_zero(self, stored: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Move the masked entries of ``stored`` one representable step toward zero."""
@@ -175,7 +259,8 @@ class AdversarialBank:
         self._check_batch(x, idx)
         copy = self.sample_copies(idx.numel()) if copy is None else copy.long()
         copy = copy.to(self.storage.device)
-        delta = self._decode(self.storage[idx, copy]).to(device=x.device, dtype=x.dtype)
+        scale = None if self.row_scale is None else self.row_scale[idx, copy]
+        delta = self._decode(self.storage[idx, copy], scale).to(device=x.device, dtype=x.dtype)
         fresh = ~self.initialized[idx, copy]
         if self.init == "uniform" and bool(fresh.any()):
             xf = x[fresh.to(x.device)]
@@ -186,16 +271,30 @@ class AdversarialBank:
 
     @torch.no_grad()
     def write(self, idx: torch.Tensor, copy: torch.Tensor, delta: torch.Tensor, x: torch.Tensor) -> None:
-        """Store ``delta`` for examples ``idx`` (copy ``copy``), after projecting it onto the ball and the box."""
+        """Store ``delta`` for examples ``idx`` (copy ``copy``), after projecting it onto the intersection of the ball
+        and the box (the Euclidean projection, :meth:`ThreatModel.delta_to`). When an (example, copy) pair occurs
+        more than once in the batch, its last occurrence is stored (last write wins, on every device)."""
         idx = self._check_index(idx)
         self._check_batch(x, idx)
         if delta.shape != x.shape:
             raise ConfigError(f"delta of shape {tuple(delta.shape)} does not match inputs of shape {tuple(x.shape)}")
-        x32 = x.detach().float().to(self.storage.device)
-        d32 = self.threat.project(delta.detach().float().to(self.storage.device))
-        d32 = (x32 + d32).clamp(0.0, 1.0) - x32
-        stored = self._quantise_feasible(d32, x32)
         copy = copy.long().to(self.storage.device)
+        keep = _last_occurrences(idx * self.copies + copy)
+        if keep is not None:
+            idx, copy = idx[keep], copy[keep]
+            keep = keep.to(x.device)
+            x, delta = x[keep], delta[keep]
+        x32 = x.detach().float().to(self.storage.device)
+        d32 = delta.detach().float().to(self.storage.device)
+        if self.threat.norm == "linf":
+            d32 = (x32 + self.threat.project(d32)).clamp(0.0, 1.0) - x32
+        else:  # the exact projection onto ball and box (ball-then-box is not the nearest point in l2)
+            d32 = project_l2_box(d32, x32, self.threat.eps)
+        if self.per_example_scale:
+            stored, scale = self._quantise_l2_int8(d32, x32)
+            self.row_scale[idx, copy] = scale
+        else:
+            stored = self._quantise_feasible(d32, x32)
         self.storage[idx, copy] = stored
         self.initialized[idx, copy] = True
 
@@ -203,6 +302,8 @@ class AdversarialBank:
         """Forget every stored perturbation (all rows re-initialise on their next read)."""
         self.storage.zero_()
         self.initialized.zero_()
+        if self.row_scale is not None:
+            self.row_scale.fill_(self.threat.eps / _INT8_LEVELS)
 
     # ------------------------------------------------------------------ (de)serialisation
     def metadata(self) -> dict[str, Any]:
@@ -217,20 +318,23 @@ class AdversarialBank:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "metadata": self.metadata(),
             "storage": self.storage.detach().cpu().clone(),
             "initialized": self.initialized.cpu().clone(),
             "generator": self.generator.get_state(),
         }
+        if self.row_scale is not None:
+            state["row_scale"] = self.row_scale.cpu().clone()
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a bank; refuses (and leaves this bank untouched) if shape, K, norm, eps or dtype differ."""
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise (:class:`BankMismatchError`) unless ``state`` can be loaded into this bank; changes nothing."""
         meta = state.get("metadata", {})
         mine = self.metadata()
         diffs = []
         for key in ("num_examples", "copies", "shape", "norm", "dtype"):
-            if list(meta.get(key)) != list(mine[key]) if key == "shape" else meta.get(key) != mine[key]:
+            if list(meta.get(key) or []) != list(mine[key]) if key == "shape" else meta.get(key) != mine[key]:
                 diffs.append(f"{key}: stored {meta.get(key)!r}, this run {mine[key]!r}")
         if meta.get("eps") is None or not math.isclose(float(meta["eps"]), mine["eps"], rel_tol=1e-9, abs_tol=0.0):
             diffs.append(f"eps: stored {meta.get('eps')!r}, this run {mine['eps']!r}")
@@ -239,6 +343,29 @@ class AdversarialBank:
                 "the stored adversarial bank does not match this run (" + "; ".join(diffs) + "). Resume with the "
                 "settings the bank was made with, or start a new run directory; the stored bank was left as it is."
             )
+        expected = {"storage": tuple(self.storage.shape), "initialized": tuple(self.initialized.shape)}
+        if self.row_scale is not None and state.get("row_scale") is not None:
+            expected["row_scale"] = tuple(self.row_scale.shape)
+        for key, shape in expected.items():
+            value = state.get(key)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise BankMismatchError(f"the stored adversarial bank's {key} is {got}, expected a tensor {shape}")
+        gen = state.get("generator")
+        try:
+            torch.Generator().set_state(gen)
+        except (TypeError, RuntimeError) as e:
+            raise BankMismatchError(f"the stored adversarial bank's generator state is not valid ({e})") from None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a bank; refuses (and leaves this bank untouched) if shape, K, norm, eps or dtype differ or a part
+        of the state is missing. An int8 l2 bank saved without per-example scales used the grid eps/127."""
+        self.check_state_dict(state)
         self.storage.copy_(state["storage"].to(self.storage.device))
         self.initialized.copy_(state["initialized"].to(self.initialized.device))
+        if self.row_scale is not None:
+            if state.get("row_scale") is not None:
+                self.row_scale.copy_(state["row_scale"].to(self.row_scale.device))
+            else:
+                self.row_scale.fill_(self.threat.eps / _INT8_LEVELS)
         self.generator.set_state(state["generator"])

@@ -91,7 +91,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bank-init", choices=("zero", "uniform"))
     p.add_argument("--eps-ramp", type=float, help="PGD, FGSM-RS, N-FGSM: grow eps from 0 over this many epochs")
     p.add_argument("--noise-mult", type=float, help="N-FGSM: start uniform in a box of this many eps (default 2)")
-    p.add_argument("--model-mode", choices=("train", "eval"), help="model mode during the inner step (default train)")
+    p.add_argument(
+        "--model-mode",
+        choices=("train", "batch-stats", "eval"),
+        help="model mode during the inner step (default train; batch-stats: batch-norm running statistics untouched)",
+    )
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,

@@ -79,13 +79,20 @@ class ThreatModel:
         return (x + self.project(x_adv - x)).clamp(0.0, 1.0)
 
     def delta_to(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        """``clip(x, x_adv) - x``, the feasible perturbation nearest ``x_adv`` (detached; may reuse ``x_adv``'s
-        memory). For l-inf, ball and box are intervals per coordinate that both contain 0, so clamping to the box
-        first and then to the ball is the same projection, in three passes instead of five."""
+        """The feasible perturbation nearest ``x_adv - x``: the Euclidean projection of ``x_adv - x`` onto the
+        intersection of the ball and the box ``{delta : 0 <= x + delta <= 1}`` (detached; may reuse ``x_adv``'s
+        memory).
+
+        For l-inf, ball and box are intervals per coordinate that both contain 0, so clamping to the box first and
+        then to the ball is that projection, in three passes instead of five. For l2, ball-then-box (what
+        :meth:`clip` does) is not: the projection is ``clamp(t * v, -x, 1 - x)`` with ``v = x_adv - x`` and the
+        largest ``t`` in (0, 1] whose result lies in the ball (the KKT conditions of the problem; ``t = 1 / (1 + mu)``
+        with mu the multiplier of the ball constraint), found exactly per example from the sorted clipping
+        thresholds of the coordinates (see :func:`project_l2_box`)."""
         x_adv = x_adv.detach()
         if self.norm == "linf":
             return x_adv.clamp_(0.0, 1.0).sub_(x).clamp_(-self.eps, self.eps)
-        return self.clip(x, x_adv) - x
+        return project_l2_box(x_adv.sub_(x), x, self.eps)
 
     def uniform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A random perturbation in the ball (uniform per coordinate for l-inf, uniform in the ball for l2),
@@ -104,6 +111,83 @@ class ThreatModel:
         if self.norm == "linf":
             return delta.flatten(1).abs().amax(dim=1) <= self.eps + atol
         return delta.flatten(1).norm(p=2, dim=1) <= self.eps + atol
+
+
+def project_l2_box(v: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Euclidean projection of each example's ``v`` onto ``{d : ||d||_2 <= eps, 0 <= x + d <= 1}`` (per example;
+    ``x`` in [0, 1], same shape as ``v``).
+
+    Minimising ``||d - v||^2 / 2 + mu * ||d||^2 / 2`` over the box separates per coordinate: ``d(t) = clamp(t * v,
+    -x, 1 - x)`` with ``t = 1 / (1 + mu)``. ``||d(t)||`` is non-decreasing in t, so the answer is ``d(1)`` (the box
+    projection) when that lies in the ball, and otherwise ``d(t*)`` with ``||d(t*)|| = eps``. With C the coordinates
+    clipped at t*, ``||d(t*)||^2 = sum_C bound^2 + t*^2 * sum_not_C v^2`` gives t* in closed form once C is known.
+    C is found by an active-set iteration from the radial scaling ``t = eps / ||v||`` (each round solves for t on the
+    current set; the sets only grow and every t stays feasible, so it ends at the exact t* when the set stops
+    changing, usually in a few rounds); examples still changing after a few rounds are solved from the sorted
+    clipping thresholds of their coordinates (one sort over their d values). Computed in float32 at least; a last
+    radial rescale absorbs rounding so the result's norm never exceeds eps by more than one float rounding.
+    """
+    shape, dtype = v.shape, v.dtype
+    work = v.flatten(1)
+    if work.dtype not in (torch.float32, torch.float64):
+        work = work.float()
+    xf = x.detach().flatten(1).to(work.dtype)
+    lo, hi = -xf, 1.0 - xf
+    out = torch.minimum(torch.maximum(work, lo), hi)  # t = 1: the box projection
+    over = out.norm(p=2, dim=1) > eps
+    if not bool(over.any()):
+        return out.view(shape).to(dtype)
+    rows = over.nonzero().squeeze(1)
+    vr, lor, hir = work[rows], lo[rows], hi[rows]
+    v2 = vr.square()
+    eps2 = eps * eps
+    t = eps / v2.sum(1, keepdim=True).sqrt().clamp_min(_TINY)
+    count = torch.full_like(t, -1.0)
+    done = torch.zeros(t.shape, dtype=torch.bool, device=t.device)
+    for _ in range(_ACTIVE_SET_ROUNDS):
+        tv = t * vr
+        d = torch.minimum(torch.maximum(tv, lor), hir)
+        clipped = d != tv
+        new_count = clipped.sum(1, keepdim=True).to(t.dtype)
+        done = new_count == count  # the set did not change: t solves the equation on the final set
+        if bool(done.all()):
+            break
+        count = new_count
+        a = torch.where(clipped, d.square(), torch.zeros_like(d)).sum(1, keepdim=True)
+        b = torch.where(clipped, torch.zeros_like(v2), v2).sum(1, keepdim=True)
+        t_new = ((eps2 - a).clamp_min(0.0) / b.clamp_min(_TINY * _TINY)).sqrt().clamp(max=1.0)
+        t = torch.where(done, t, torch.maximum(t, t_new))
+    if not bool(done.all()):
+        rest = (~done).squeeze(1).nonzero().squeeze(1)
+        t = t.index_copy(0, rest, _t_from_sorted_thresholds(vr[rest], lor[rest], hir[rest], eps2))
+    d = torch.minimum(torch.maximum(t * vr, lor), hir)
+    n = d.norm(p=2, dim=1, keepdim=True)
+    d = d * torch.clamp(eps / n.clamp_min(_TINY), max=1.0)  # rounding only: shrinking stays in the box
+    return out.index_copy(0, rows, d).view(shape).to(dtype)
+
+
+_ACTIVE_SET_ROUNDS = 8
+
+
+def _t_from_sorted_thresholds(v: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, eps2: float) -> torch.Tensor:
+    """t* of :func:`project_l2_box` for rows whose box projection leaves the ball, from the sorted thresholds
+    ``tau_i = bound_i / v_i`` at which each coordinate clips: between consecutive thresholds
+    ``||d(t)||^2 = A_k + t^2 * B_k`` (A_k: squared bounds of the k coordinates clipped, B_k: squared v of the rest)."""
+    bound = torch.where(v > 0, hi, torch.where(v < 0, lo, torch.zeros_like(v)))
+    free = v != 0
+    tau = torch.where(free, bound / torch.where(free, v, torch.ones_like(v)), torch.full_like(v, math.inf))
+    tau, order = tau.sort(dim=1)
+    v2 = v.gather(1, order).square()
+    b2 = bound.gather(1, order).square()
+    zero = torch.zeros_like(v2[:, :1])
+    clipped = torch.cat([zero, b2.cumsum(1)], 1)  # A_k
+    free_mass = (v2.sum(1, keepdim=True) - torch.cat([zero, v2.cumsum(1)], 1)).clamp_min(0.0)  # B_k
+    # ||d||^2 at the k-th threshold (k = 1..d), k - 1 coordinates clipped before it; non-decreasing in k
+    g = clipped[:, :-1] + tau.square() * free_mass[:, :-1]
+    g = torch.where(torch.isinf(tau), torch.full_like(g, math.inf), g)  # v_i = 0: never clipped
+    k = (g <= eps2).sum(1, keepdim=True)  # coordinates clipped at t*
+    a_k, b_k = clipped.gather(1, k), free_mass.gather(1, k)
+    return ((eps2 - a_k).clamp_min(0.0) / b_k.clamp_min(_TINY * _TINY)).sqrt().clamp(max=1.0)
 
 
 def check_unit_range(x: torch.Tensor, what: str = "inputs") -> None:

@@ -6,10 +6,23 @@ Per batch ``(x, y, idx)``: draw augmentation parameters (if any) for this visit,
 batch (plus ``clean_weight`` times the clean loss, if set), then let the method commit (ATL writes delta back).
 The loop counts input-gradient and parameter-gradient evaluations (one per example per backward pass), logs one JSON
 line per epoch, and checkpoints atomically so that a killed run resumes bit-identically on CPU.
+
+Modes: :meth:`Trainer.fit` trains the model in the modes it finds (a submodule the user put in eval mode, e.g. a
+frozen batch-norm, stays in eval mode and is not updated; a model in eval mode as a whole is trained in train mode)
+and leaves every module in the mode it found it in.
+
+Resuming part-way through an epoch: an :class:`~adv_transport.data.IndexedBatches` order depends only on (seed,
+epoch). Any other loader (a shuffling ``torch.utils.data.DataLoader``) is replayed: the trainer records the random
+states its order depends on at the start of every epoch (torch, numpy and Python global states and the generators
+of the loader and its samplers), stores them in checkpoints, and on resume re-creates that epoch's order from them,
+skipping the batches already done. This is exact for loaders whose randomness comes from those states (DataLoader
+with RandomSampler, with or without ``generator=``, any ``num_workers`` without persistent workers); a loader with
+persistent workers is refused mid-epoch (its workers' random states cannot be replayed).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -24,12 +37,27 @@ from .augment import Augmented, RandomCropFlip
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_states, set_rng_states
 from .errors import ConfigError, MissingIndexError, NonFiniteLossError
 from .methods import InnerStep
-from .modes import ensure_mode
+from .modes import capture_modes, ensure_mode, restore_modes
 from .threat import check_unit_range
 
 SCHEDULER_STEPS = ("batch", "epoch")
 LOSSES = ("ce", "trades")
 SELECTIONS = ("last", "best")
+
+
+def _loader_generators(batches) -> list[torch.Generator]:
+    """The distinct ``torch.Generator`` objects a loader draws its order from (its own, its sampler's, its batch
+    sampler's sampler's), in a fixed order."""
+    found: list[torch.Generator] = []
+    for owner in (
+        batches,
+        getattr(batches, "sampler", None),
+        getattr(getattr(batches, "batch_sampler", None), "sampler", None),
+    ):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not h for h in found):
+            found.append(g)
+    return found
 
 
 class Trainer:
@@ -134,6 +162,8 @@ class Trainer:
         self.eval_seconds = 0.0
         self.history: list[dict] = []
         self._epoch_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+        self._loader_rng = None  # random states at the start of the current epoch (loaders other than IndexedBatches)
+        self._train_modes = None  # the modes the model trains in, set by fit
 
     # ------------------------------------------------------------------ paths
     @property
@@ -161,6 +191,7 @@ class Trainer:
             "eval_seconds": self.eval_seconds,
             "history": list(self.history),
             "epoch_stats": dict(self._epoch_stats),
+            "loader_rng": self._loader_rng,
             "config": self.config,
             "ema": None if self.ema is None else self.ema.state_dict(),
             "best": self.best,
@@ -182,22 +213,56 @@ class Trainer:
         return atomic_save(self.state_dict(), self.checkpoint_path, keep_previous=True)  # and checkpoint.prev.pt
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint. The bank is checked first, so a mismatching one raises before anything changes."""
+        """Restore a checkpoint: everything is read and checked first, then applied; if any part fails (a model of
+        another architecture, a mismatching bank, a corrupt optimizer state), nothing of this trainer changes."""
         stored = state.get("method_info", {}).get("method")
         if stored != self.method.name:
             raise ConfigError(f"checkpoint was trained with method {stored!r}, this run uses {self.method.name!r}")
-        self.method.load_state_dict(state["method"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_states(state["rng"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.counts = dict(state["counts"])
-        self.elapsed = float(state["elapsed"])
-        self.eval_seconds = float(state.get("eval_seconds", 0.0))
-        self.history = list(state["history"])
-        self._epoch_stats = dict(state["epoch_stats"])
+        try:
+            progress = {
+                "epoch": int(state["epoch"]),
+                "step": int(state["step"]),
+                "counts": dict(state["counts"]),
+                "elapsed": float(state["elapsed"]),
+                "eval_seconds": float(state.get("eval_seconds", 0.0)),
+                "history": list(state["history"]),
+                "epoch_stats": dict(state["epoch_stats"]),
+                "loader_rng": state.get("loader_rng"),
+            }
+            parts = {k: state[k] for k in ("model", "optimizer", "method", "rng")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"the checkpoint is incomplete or corrupt ({type(e).__name__}: {e}); nothing was loaded"
+            ) from None
+        if hasattr(self.method, "bank"):  # checked before anything is applied
+            self.method.bank.check_state_dict(parts["method"]["bank"])
+        backup = {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()),
+            "rng": rng_states(),
+        }
+        try:
+            self.model.load_state_dict(parts["model"])
+            self.optimizer.load_state_dict(parts["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_states(parts["rng"])
+            self.method.load_state_dict(parts["method"])  # last: the bank can be large, it is not backed up
+        except BaseException:
+            self.model.load_state_dict(backup["model"])
+            self.optimizer.load_state_dict(backup["optimizer"])
+            if backup["scheduler"] is not None:
+                self.scheduler.load_state_dict(backup["scheduler"])
+            set_rng_states(backup["rng"])
+            raise
+        self.epoch, self.step = progress["epoch"], progress["step"]
+        self.counts = progress["counts"]
+        self.elapsed = progress["elapsed"]
+        self.eval_seconds = progress["eval_seconds"]
+        self.history = progress["history"]
+        self._epoch_stats = progress["epoch_stats"]
+        self._loader_rng = progress["loader_rng"]
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.best = state.get("best")
@@ -222,9 +287,38 @@ class Trainer:
             batches.set_epoch(epoch)
         if hasattr(getattr(batches, "sampler", None), "set_epoch"):
             batches.sampler.set_epoch(epoch)
-        for i, batch in enumerate(batches):
-            if i >= start_step:
-                yield batch
+        generators = _loader_generators(batches)
+        if start_step == 0:
+            self._loader_rng = {"rng": rng_states(), "generators": [g.get_state() for g in generators]}
+            yield from batches
+            return
+        # resumed part-way through the epoch: replay the epoch's order from the states recorded at its start
+        if self._loader_rng is None or len(self._loader_rng["generators"]) != len(generators):
+            raise ConfigError(
+                f"cannot resume at epoch {epoch} step {start_step} with this loader: the checkpoint holds no record of "
+                "the random state its order was drawn from (written by an older version or with another kind of "
+                "loader), so the remaining batches would differ from the interrupted run's. Resume from an epoch "
+                "boundary, or train with adv_transport.IndexedBatches, whose order depends only on (seed, epoch)."
+            )
+        if getattr(batches, "persistent_workers", False) and getattr(batches, "num_workers", 0) > 0:
+            raise ConfigError(
+                f"cannot resume at epoch {epoch} step {start_step} with a DataLoader with persistent_workers=True: "
+                "the workers' random states cannot be replayed. Use persistent_workers=False or "
+                "adv_transport.IndexedBatches."
+            )
+        now = rng_states()
+        set_rng_states(self._loader_rng["rng"])
+        for g, st in zip(generators, self._loader_rng["generators"]):
+            g.set_state(st)
+        iterator = iter(batches)
+        try:
+            for _ in range(start_step):
+                next(iterator)
+        except StopIteration:
+            set_rng_states(now)
+            return
+        set_rng_states(now)  # the checkpoint's states: the next batch is drawn as in the interrupted run
+        yield from iterator
 
     @staticmethod
     def _unpack(batch, epoch: int, step: int):
@@ -248,13 +342,21 @@ class Trainer:
             )
         return x, y, idx
 
+    def _training_modes(self) -> None:
+        """Put the model back in the modes it trains in (cheap when nothing changed)."""
+        if self._train_modes is None:
+            ensure_mode(self.model, True)
+        else:
+            restore_modes(self._train_modes)
+
     def _train_step(self, x, y, idx, t: float) -> tuple[float, int]:
         model = self.model
+        self._training_modes()
         view = model
         if self.augment is not None:
             view = Augmented(model, self.augment.sample(x), self.augment.padding)
         x_adv = self.method.perturb(view, x, y, idx, t)
-        ensure_mode(model, True)
+        self._training_modes()
         logits = view(x_adv)
         clean_passes = 0
         if self.loss == "trades":
@@ -308,8 +410,15 @@ class Trainer:
             steps_per_epoch = None
         if steps_per_epoch == 0:
             raise MissingIndexError("the loader yields no batches (empty dataset?)")
-        while self.epoch < epochs and self.stopped_early_at is None:
-            self._run_epoch(batches, steps_per_epoch, eval_fn, epochs)
+        found = capture_modes(self.model)
+        ensure_mode(self.model, True)  # a model in eval mode as a whole trains in train mode; frozen parts stay
+        self._train_modes = capture_modes(self.model)
+        try:
+            while self.epoch < epochs and self.stopped_early_at is None:
+                self._run_epoch(batches, steps_per_epoch, eval_fn, epochs)
+        finally:
+            self._train_modes = None
+            restore_modes(found)  # every module as the user left it
         return self.history
 
     @property

@@ -6,11 +6,15 @@ protocol is MNIST PGD-40 with step 0.01 and CIFAR-10 PGD-20 with step 2/255, bot
 
 The model is evaluated in eval mode (its mode is restored afterwards). Random starts use a seeded generator, so the
 same model always gets the same number. With ``state_path`` the per-point results are saved after every batch and an
-interrupted evaluation resumes without redoing finished batches.
+interrupted evaluation resumes without redoing finished batches. The state is bound to the evaluation settings and to
+a fingerprint of the model's weights (SHA-256 of its state dict): a state made with other settings is refused, and a
+state made for other weights (an evaluation interrupted, then more training, then ``eval`` again) is discarded with
+a warning and the evaluation starts over, so two models' results are never mixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -57,7 +61,17 @@ def _settings(threat, attacks, n, batch_size, pgd_steps, pgd_step_size, pgd_rest
     }
 
 
-def _load_state(path: Path | None, settings: dict) -> dict | None:
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's state dict (names, dtypes, shapes and bytes of every parameter and buffer)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load_state(path: Path | None, settings: dict, fingerprint: str | None) -> dict | None:
     if path is None or not path.is_file():
         return None
     state = safe_load(path, "an adv-transport evaluation state (eval.state.pt, as written by adv-transport eval)")
@@ -73,6 +87,15 @@ def _load_state(path: Path | None, settings: dict) -> dict | None:
             f"evaluation state {path} was made with other settings ({diffs}); delete it or use the same "
             "settings to resume"
         )
+    if state.get("fingerprint") != fingerprint:
+        stored = state.get("fingerprint")
+        warnings.warn(
+            f"discarding the evaluation state {path}: it was made for other model weights (fingerprint "
+            f"{(stored or 'none recorded')[:16]}, this model {fingerprint[:16]}); evaluating from the start",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
     return state
 
 
@@ -113,8 +136,10 @@ def evaluate(
     was_training = model.training
     state_path = Path(state_path) if state_path is not None else None
     settings = _settings(threat, attacks, n, batch_size, pgd_steps, pgd_step_size, pgd_restarts, pgd_random_start, seed)
-    state = _load_state(state_path, settings) or {
+    fingerprint = model_fingerprint(model) if state_path is not None else None
+    state = _load_state(state_path, settings, fingerprint) or {
         "settings": settings,
+        "fingerprint": fingerprint,
         "done": 0,
         "seconds": 0.0,
         "correct": {a: torch.zeros(n, dtype=torch.bool) for a in attacks},

@@ -115,3 +115,96 @@ def test_bad_bank_arguments_are_explained():
     bank = AdversarialBank(4, SHAPE, threat)
     with pytest.raises(ConfigError, match="out of range"):
         bank.read(torch.tensor([4]), torch.zeros((1,) + SHAPE))
+
+
+def _write_read(bank, x, delta):
+    n = x.shape[0]
+    idx, copy = torch.arange(n), torch.zeros(n, dtype=torch.long)
+    bank.write(idx, copy, delta, x)
+    return bank.read(idx, x, copy)[0]
+
+
+@pytest.mark.parametrize("shape,eps", [((3, 32, 32), 0.5), ((1, 28, 28), 2.0)])
+def test_int8_l2_delta_of_norm_eps_reads_back_with_its_norm(shape, eps):
+    # one grid of step eps/127 for the whole bank stored a third of an l2 delta's coordinates as zero and shrank its
+    # norm to 0.84 eps on every write; a per-example grid keeps the norm
+    g = torch.Generator().manual_seed(0)
+    n = 16
+    threat = ThreatModel("l2", eps)
+    for x in (torch.full((n,) + shape, 0.5), torch.rand((n,) + shape, generator=g)):
+        v = torch.randn((n,) + shape, generator=g)
+        delta = threat.delta_to(x, x + 2 * eps * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+        assert delta.flatten(1).norm(dim=1).min() >= eps * (1 - 1e-6)
+        got = _write_read(AdversarialBank(n, shape, threat, dtype="int8"), x, delta)
+        norms = got.flatten(1).norm(dim=1)
+        assert (norms >= 0.99 * eps).all() and (norms <= eps * (1 + 1e-6)).all()
+        rel = (got - delta).flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1)
+        assert rel.max() <= 0.02
+        assert ((got == 0) & (delta != 0)).float().mean() <= 0.03
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    norm=st.sampled_from(["linf", "l2"]),
+    dtype=st.sampled_from(["float32", "float16", "int8"]),
+    eps=st.floats(0.01, 0.5),
+    d=st.integers(1, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_read_back_error_is_within_the_documented_bound(norm, dtype, eps, d, seed):
+    # the table in adv_transport.bank's docstring; x = 0.5 and eps <= 0.5 keep the image box from binding
+    g = torch.Generator().manual_seed(seed)
+    n, shape = 8, (1, d)
+    threat = ThreatModel(norm, eps)
+    x = torch.full((n,) + shape, 0.5)
+    delta = threat.delta_to(x, x + eps * 2 * (torch.rand((n,) + shape, generator=g) * 2 - 1))
+    got = _write_read(AdversarialBank(n, shape, threat, dtype=dtype), x, delta)
+    err = (got - delta).abs()
+    rounding = 1e-6  # one float32 rounding of the bank's own projection, with margin
+    if dtype == "float32":
+        assert err.max() <= rounding
+    elif dtype == "float16":
+        assert (err <= 2**-10 * delta.abs() + 2**-24 + rounding).all()
+    elif norm == "linf":
+        assert err.max() <= eps / 127 + rounding
+    else:
+        flat = delta.flatten(1)
+        kappa = d**0.5 * flat.abs().amax(1) / flat.norm(dim=1).clamp_min(1e-12)
+        assert (err.flatten(1).norm(dim=1) <= kappa / 127 * flat.norm(dim=1) + rounding).all()
+        assert torch.allclose(got.flatten(1).norm(dim=1), flat.norm(dim=1), rtol=1e-5, atol=1e-7)
+
+
+def test_duplicate_indices_in_one_write_last_write_wins():
+    # index_put with repeated indices stores an unspecified one of them (on the CPU it races between threads, on the
+    # GPU between blocks); the bank defines it: the last occurrence of each (example, copy)
+    shape = (3, 64, 64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for dtype, norm in [("float32", "linf"), ("int8", "l2")]:
+            threat = ThreatModel(norm, 0.3 if norm == "linf" else 5.0)
+            for _ in range(5):
+                bank = AdversarialBank(4, shape, threat, copies=2, dtype=dtype)
+                x = torch.full((8,) + shape, 0.5)
+                idx = torch.tensor([1, 1, 2, 1, 1, 2, 1, 1])
+                copy = torch.tensor([0, 1, 0, 0, 0, 0, 0, 1])
+                delta = (torch.arange(8.0) + 1).view(8, 1, 1, 1).expand(8, *shape) * (0.03 if norm == "linf" else 0.001)
+                bank.write(idx, copy, delta.clone(), x)
+                got, _ = bank.read(torch.tensor([1, 1, 2]), x[:3], torch.tensor([0, 1, 0]))
+                for row, last in zip(got, (6, 7, 5)):
+                    assert torch.allclose(row, delta[last], atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_int8_l2_bank_saved_without_scales_loads_on_the_old_grid():
+    threat = ThreatModel("l2", 1.0)
+    bank = AdversarialBank(2, (1, 4), threat, dtype="int8")
+    state = bank.state_dict()
+    state.pop("row_scale")
+    state["storage"][0, 0] = torch.tensor([[127, -127, 0, 1]], dtype=torch.int8)
+    state["initialized"][0, 0] = True
+    fresh = AdversarialBank(2, (1, 4), threat, dtype="int8")
+    fresh.load_state_dict(state)
+    got, _ = fresh.read(torch.tensor([0]), torch.full((1, 1, 4), 0.5), torch.tensor([0]))
+    assert got.flatten().tolist() == pytest.approx([1.0, -1.0, 0.0, 1 / 127])

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -180,3 +181,32 @@ def test_autoattack_rand_version_runs_for_randomised_models(model, data):
     detail = rep["autoattack_detail"]["autoattack-rand"]
     assert list(detail) == ["clean", "apgd-ce", "apgd-dlr"]
     assert rep["autoattack-rand_acc"] <= rep["clean_acc"]
+
+
+def test_state_of_other_weights_is_discarded_with_a_warning(model, data, tmp_path, monkeypatch):
+    # an evaluation interrupted, then more training, then eval again: the old per-point results must not be mixed in
+    model = copy.deepcopy(model)  # the fixture is shared by the module
+    settings = dict(n_examples=100, batch_size=50, pgd_steps=3, pgd_step_size=0.06, sanity=False)
+    calls = []
+    real_pgd = robustness.pgd
+
+    def dying_pgd(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_pgd(*a, **k)
+
+    monkeypatch.setattr(robustness, "pgd", dying_pgd)
+    state = tmp_path / "eval.state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, data, THREAT, ["clean", "pgd"], state_path=state, **settings)
+    monkeypatch.setattr(robustness, "pgd", real_pgd)
+    with torch.no_grad():  # "more training"
+        for p in model.parameters():
+            p.mul_(-1.0)
+    fresh = evaluate(model, data, THREAT, ["clean", "pgd"], **settings)
+    with pytest.warns(UserWarning, match="other model weights"):
+        resumed = evaluate(model, data, THREAT, ["clean", "pgd"], state_path=state, **settings)
+    for key in ("clean_acc", "pgd_acc", "per_class"):
+        assert resumed[key] == fresh[key]
+    assert torch.load(state, weights_only=True)["fingerprint"] == robustness.model_fingerprint(model)

@@ -88,16 +88,19 @@ def test_unseeded_uniform_noise_fills_its_interval():
     seed=st.integers(0, 2**16),
     scale=st.floats(0.0, 3.0),
 )
-def test_delta_to_is_clip_minus_x(norm, eps, seed, scale):
+def test_delta_to_is_a_feasible_projection(norm, eps, seed, scale):
     g = torch.Generator().manual_seed(seed)
     threat = ThreatModel(norm, eps)
     x = torch.rand(3, 1, 2, 2, generator=g)
     x[0, 0, 0] = 0.0
     x[1, 0, 0] = 1.0
     x_adv = x + scale * (torch.rand(x.shape, generator=g) * 2 - 1)
-    expected = threat.clip(x, x_adv) - x
     delta = threat.delta_to(x, x_adv.clone())
-    assert torch.allclose(delta, expected, atol=1e-6)
+    if norm == "linf":  # l2: delta_to is the exact projection, not ball-then-box (tests/test_threat.py)
+        assert torch.allclose(delta, threat.clip(x, x_adv) - x, atol=1e-6)
+    else:  # ... which is never farther from the proposal than ball-then-box
+        dist = (x_adv - x - delta).flatten(1).norm(dim=1)
+        assert (dist <= (x_adv - threat.clip(x, x_adv)).flatten(1).norm(dim=1) + 1e-6).all()
     assert threat.contains(delta, atol=1e-6).all()
     assert (x + delta).min() >= -1e-6 and (x + delta).max() <= 1 + 1e-6
 
@@ -161,3 +164,48 @@ def test_eps_out_of_range_is_rejected(eps):
 def test_l2_eps_beyond_box_diameter_is_rejected():
     with pytest.raises(ConfigError, match="sqrt"):
         ThreatModel("l2", 30.0).check_input_dim(784)
+
+
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+@pytest.mark.parametrize("d", [4, 3072])
+def test_l2_noise_to_drift_ratio_does_not_depend_on_the_dimension(noise, d):
+    # l2 noise is s * sqrt(2 eta) * xi / sqrt(d): its l2 norm (root mean square over examples) is s * sqrt(2 eta)
+    # for Gaussian xi and s * sqrt(2 eta / 3) for uniform xi, in any dimension, against a drift of norm eta
+    eta, s_scale, n = 0.01, 0.2, 512
+    shape = (n, 1, 1, d)
+    threat = ThreatModel("l2", 1.0)
+    x = torch.full(shape, 0.5)
+    y = torch.zeros(n, dtype=torch.long)
+    sampler = LangevinSampler(threat, step_size=eta, noise_scale=s_scale, steps=1, noise=noise)
+    gen = torch.Generator().manual_seed(0)
+    noise_only = sampler.sample(Linear2(torch.zeros(2, d)), x, y, generator=gen)  # zero gradient: no drift
+    rms = noise_only.flatten(1).norm(dim=1).pow(2).mean().sqrt().item()
+    expected = s_scale * math.sqrt(2 * eta) / (math.sqrt(3) if noise == "uniform" else 1.0)
+    assert rms == pytest.approx(expected, rel=0.05)
+    w = torch.zeros(2, d)
+    w[1] = torch.linspace(-1, 1, d)
+    drift = LangevinSampler(threat, step_size=eta, noise_scale=0.0).sample(Linear2(w), x, y)
+    assert drift.flatten(1).norm(dim=1).tolist() == pytest.approx([eta] * n, rel=1e-4)
+    assert rms / eta == pytest.approx(s_scale * math.sqrt(2 / eta) / (math.sqrt(3) if noise == "uniform" else 1), 0.05)
+
+
+def test_batch_stats_mode_normalises_with_the_batch_and_leaves_running_statistics_alone():
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Flatten(), torch.nn.Linear(12, 2)
+        )
+
+    x = torch.rand(8, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 2
+    threat = ThreatModel("linf", 0.3)
+    deltas, stats = {}, {}
+    for mode in ("train", "batch-stats", "eval"):
+        m = net()
+        before = {k: v.clone() for k, v in m[1].state_dict().items()}
+        deltas[mode] = LangevinSampler(threat, 0.05, 0.0, steps=3, model_mode=mode).sample(m, x, y)
+        stats[mode] = all(torch.equal(v, m[1].state_dict()[k]) for k, v in before.items())
+        assert m[1].training and m[1].track_running_stats  # flags restored
+    assert torch.equal(deltas["batch-stats"], deltas["train"])  # batch statistics, as in train mode
+    assert not torch.equal(deltas["batch-stats"], deltas["eval"])
+    assert stats == {"train": False, "batch-stats": True, "eval": True}  # running stats untouched by batch-stats

@@ -8,6 +8,7 @@ from adv_transport import (
     PGD,
     AdversarialBank,
     BankMismatchError,
+    ConfigError,
     DataRangeError,
     IndexedBatches,
     LangevinSampler,
@@ -148,3 +149,125 @@ def test_non_finite_loss_stops_names_the_step_and_keeps_last_good_checkpoint(tmp
     assert torch.equal(trainer.method.bank.storage, bank_before)  # no bank write from the failed step
     for p, q in zip(trainer.model.parameters(), params_before):  # no parameter update from the failed step
         assert torch.equal(p.nan_to_num(7.0), q.nan_to_num(7.0))
+
+
+class BNNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.drop = torch.nn.Dropout(0.2)
+        self.head = torch.nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
+
+
+def test_fit_keeps_the_modes_the_user_set():
+    # a batch-norm the user froze (eval mode) is neither switched to train mode nor updated, during or after fit
+    model = BNNet()
+    model.bn.eval()
+    with torch.no_grad():
+        model.bn.running_mean.fill_(0.25)
+    stats = (model.bn.running_mean.clone(), model.bn.running_var.clone(), model.bn.num_batches_tracked.clone())
+    seen = []
+    model.bn.register_forward_hook(lambda m, i, o: seen.append(m.training))
+    trainer, batches = make_trainer(model=model, augment=False)
+    trainer.fit(batches, epochs=1)
+    assert seen and not any(seen)
+    assert [m.training for m in (model, model.conv, model.bn, model.drop, model.head)] == [
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert torch.equal(model.bn.running_mean, stats[0]) and torch.equal(model.bn.running_var, stats[1])
+    assert torch.equal(model.bn.num_batches_tracked, stats[2])
+    # a model in eval mode as a whole trains in train mode and is handed back in eval mode
+    model.eval()
+    seen.clear()
+    trainer.fit(batches, epochs=2)
+    assert seen and all(seen)
+    assert not any(m.training for m in model.modules())
+
+
+def test_failing_model_load_on_resume_leaves_bank_and_model_untouched(tmp_path):
+    trainer, batches = make_trainer(tmp_path, dtype="int8")
+    trainer.fit(batches, epochs=1)
+    other, other_batches = make_trainer(dtype="int8", lr=0.01)
+    other.fit(other_batches, epochs=1)  # a bank and a model that differ from the checkpoint's
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt["model"].pop("net.3.bias")  # the model load fails (missing key)
+    bank = other.method.bank.storage.clone()
+    params = [p.detach().clone() for p in other.model.parameters()]
+    opt_state = other.optimizer.state_dict()["state"][0]["momentum_buffer"].clone()
+    with pytest.raises(RuntimeError, match="net.3.bias"):
+        other.load_state_dict(ckpt)
+    assert torch.equal(other.method.bank.storage, bank)
+    assert all(torch.equal(p, q) for p, q in zip(other.model.parameters(), params))
+    assert torch.equal(other.optimizer.state_dict()["state"][0]["momentum_buffer"], opt_state)
+    assert (other.epoch, other.step) == (1, 0)
+    # a failing optimizer load after a successful model load is rolled back too
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt["optimizer"]["param_groups"].append(dict(ckpt["optimizer"]["param_groups"][0]))
+    with pytest.raises(ValueError):
+        other.load_state_dict(ckpt)
+    assert torch.equal(other.method.bank.storage, bank)
+    assert all(torch.equal(p, q) for p, q in zip(other.model.parameters(), params))
+
+
+def _loader_trainer(run_dir, checkpoint_every=0):
+    trainer, _ = make_trainer(run_dir, checkpoint_every=checkpoint_every, augment=False)
+    loader = torch.utils.data.DataLoader(synthetic_dataset(48), batch_size=10, shuffle=True)
+    return trainer, loader
+
+
+def test_resume_with_a_shuffling_dataloader_is_bit_identical(tmp_path):
+    torch.manual_seed(5)
+    full, loader = _loader_trainer(tmp_path / "full")
+    full.fit(loader, epochs=2)
+
+    torch.manual_seed(5)
+    part, loader = _loader_trainer(tmp_path / "part", checkpoint_every=1)
+    calls = {"n": 0}
+    original = part.optimizer.step
+
+    def dying_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise Killed()
+        return original(*a, **k)
+
+    part.optimizer.step = dying_step
+    with pytest.raises(Killed):
+        part.fit(loader, epochs=2)
+
+    resumed, loader = _loader_trainer(tmp_path / "part")
+    torch.manual_seed(1234)  # every random state must come from the checkpoint
+    assert resumed.resume()
+    assert (resumed.epoch, resumed.step) == (1, 2)
+    resumed.fit(loader, epochs=2)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert torch.equal(full.method.bank.storage, resumed.method.bank.storage)
+
+
+def test_mid_epoch_resume_without_a_recorded_loader_state_is_refused(tmp_path):
+    part, loader = _loader_trainer(tmp_path, checkpoint_every=1)
+    original = part.optimizer.step
+
+    def dying_step(*a, **k):
+        if part.step == 2:
+            raise Killed()
+        return original(*a, **k)
+
+    part.optimizer.step = dying_step
+    with pytest.raises(Killed):
+        part.fit(loader, epochs=1)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt["loader_rng"] = None  # as written by a version that did not record it
+    resumed, loader = _loader_trainer(None)
+    resumed.load_state_dict(ckpt)
+    with pytest.raises(ConfigError, match="IndexedBatches"):
+        resumed.fit(loader, epochs=1)
