@@ -119,15 +119,28 @@ class LangevinSampler:
     ) -> torch.Tensor:
         """One Langevin step from ``x + delta``; returns the new delta (detached). The model mode is not changed.
         ``threat``: a smaller ball to sample in (an eps warm-up); eta then scales with its eps."""
+        grad, _ = input_gradient(model, x + delta, y)
+        return self.move(x, delta, grad, t, generator, threat)
+
+    def move(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        grad: torch.Tensor,
+        t: float = 0.0,
+        generator: torch.Generator | None = None,
+        threat: ThreatModel | None = None,
+    ) -> torch.Tensor:
+        """The Langevin update of ``x + delta`` given the input gradient ``grad`` there (drift, noise, projection);
+        returns the new delta. :meth:`step` computes the gradient first; free ATL takes it from the training pass.
+        ``grad`` may be overwritten."""
         eta, s = self._check_values(t)
         if threat is None:
             threat = self.threat
         elif threat.eps != self.threat.eps:
             eta *= threat.eps / self.threat.eps
-        x_adv = x + delta
-        grad, _ = input_gradient(model, x_adv, y)
         # in place on tensors this step owns: each elementwise pass over the batch costs as much as a small layer
-        x_adv = x_adv.detach()
+        x_adv = (x + delta).detach()
         x_adv.add_(grad.sign_() if threat.norm == "linf" else threat.direction(grad), alpha=eta)
         if s > 0:
             amplitude = s * math.sqrt(2.0 * eta)

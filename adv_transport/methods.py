@@ -8,6 +8,8 @@ All methods run through the same training loop (:class:`adv_transport.trainer.Tr
 - ``n-fgsm``: one signed step of size alpha (default eps) from a start uniform in a k*eps box (default k = 2),
   *not* projected back to the eps ball, only to [0, 1] (de Jorge et al. 2022).
 - ``atl``: Langevin adversarial transport: T warm-started Langevin steps from the sample kept in the bank.
+- ``free-atl``: free ATL: the model trains on the stored sample, and the input gradient of that same backward pass
+  advances the chain (one backward per batch; see :class:`FreeATL`).
 - ``atta``: ATTA (Zheng et al., CVPR 2020): the bank's perturbation advanced by one projected signed step per visit
   (no noise), the bank reset every ``reset_every`` epochs (10 in the paper's code).
 - ``fgsm-pgi``: FGSM-PGI (Jia et al., ECCV 2022, the momentum-prior variant FGSM-MEP): one FGSM step of size eps from
@@ -59,7 +61,11 @@ class InnerStep:
     name = "base"
     input_grad_passes = 0
     extra_param_passes = 0
+    wants_input_grad = False  # True: the trainer hands over the training pass's input gradient (receive_input_grad)
     threat: ThreatModel | None = None
+
+    def receive_input_grad(self, grad: torch.Tensor) -> None:
+        """The gradient of the training loss with respect to the returned inputs (only if ``wants_input_grad``)."""
 
     def regularizer(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -276,6 +282,48 @@ class ATL(InnerStep):
             "bank": self.bank.metadata(),
             "bank_bytes": self.bank.memory_bytes,
         }
+
+
+class FreeATL(ATL):
+    """Free ATL: adversarial training at the cost of clean training.
+
+    Per visit the model trains on the stored sample ``x + delta`` itself; the backward pass of that training step
+    also yields the input gradient there, and :meth:`LangevinSampler.move` turns it into the chain's next state (drift
+    eta, noise, projection), written to the bank on commit. No separate input-gradient pass: one forward and one
+    backward per batch. The gradient is taken at the parameters *before* the step, so the chain lags the model by one
+    visit (as Free-AT's replay does, Shafahi et al. 2019); combine with the trainer's ``replay`` to visit each batch
+    several times in a row.
+    """
+
+    name = "free-atl"
+    wants_input_grad = True
+
+    def __init__(self, bank: AdversarialBank, sampler: LangevinSampler, eps_ramp: float = 0.0, reset_every: int = 0):
+        super().__init__(bank, sampler, eps_ramp, reset_every)
+        self.input_grad_passes = 0
+        self._grad = None
+
+    def perturb(self, model, x, y, idx, t):
+        self._maybe_reset(t)
+        delta, copy = self.bank.read(idx, x)
+        threat = warmed_up(self.threat, t, self.eps_ramp)
+        if threat is not self.threat:
+            delta = threat.delta_to(x, x + delta)
+        self._pending = (idx, copy, delta, x.detach(), t, threat)
+        self._grad = None
+        return (x + delta).detach()
+
+    def receive_input_grad(self, grad):
+        self._grad = grad
+
+    def commit(self):
+        if self._pending is not None and self._grad is not None:
+            idx, copy, delta, x, t, threat = self._pending
+            self.bank.write(idx, copy, self.sampler.move(x, delta, self._grad.detach(), t, threat=threat), x)
+        self._pending, self._grad = None, None
+
+    def discard(self):
+        self._pending, self._grad = None, None
 
 
 class ATTA(ATL):

@@ -84,6 +84,8 @@ class Trainer:
             validation split of the *training* data; it drives ``select`` and ``early_stop_drop``.
         select: ``last`` (the final weights) or ``best`` (the epoch with the highest ``val_pgd_acc``, ties broken by
             ``val_clean_acc``); :meth:`final_model` returns the selected model.
+        replay: train on each batch this many times in a row (Free-AT's minibatch replay, Shafahi et al. 2019;
+            divide the epochs by it for the same cost). A per-batch LR scheduler steps once per replay.
         early_stop_drop: stop training when ``val_pgd_acc`` falls more than this many points below its best so far
             (Wong et al. 2020's guard against catastrophic overfitting); the best epoch's weights are kept.
     """
@@ -110,6 +112,7 @@ class Trainer:
         val_fn: Callable[[nn.Module], dict] | None = None,
         select: str = "last",
         early_stop_drop: float | None = None,
+        replay: int = 1,
     ):
         if loss not in LOSSES:
             raise ConfigError(f"loss {loss!r} not accepted; accepted: {', '.join(LOSSES)}")
@@ -123,6 +126,8 @@ class Trainer:
             raise ConfigError(
                 "select='best' and early_stop_drop need a val_fn (a validation split of the training set)"
             )
+        if int(replay) < 1:
+            raise ConfigError(f"replay must be an integer >= 1 (visits of each batch in a row), got {replay!r}")
         if scheduler_step not in SCHEDULER_STEPS:
             raise ConfigError(f"scheduler_step {scheduler_step!r} not accepted; accepted: {', '.join(SCHEDULER_STEPS)}")
         if not (math.isfinite(clean_weight) and clean_weight >= 0):
@@ -141,6 +146,7 @@ class Trainer:
         self.eval_fn = eval_fn
         self.progress = progress
         self.config = dict(config or {})
+        self.replay = int(replay)
         self.label_smoothing = float(label_smoothing)
         self.loss = loss
         self.trades_beta = float(trades_beta)
@@ -356,6 +362,8 @@ class Trainer:
         if self.augment is not None:
             view = Augmented(model, self.augment.sample(x), self.augment.padding)
         x_adv = self.method.perturb(view, x, y, idx, t)
+        if self.method.wants_input_grad:  # free ATL: the same backward also gives the input gradient
+            x_adv = x_adv.detach().requires_grad_(True)
         self._training_modes()
         logits = view(x_adv)
         clean_passes = 0
@@ -389,6 +397,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.method.wants_input_grad:
+            self.method.receive_input_grad(x_adv.grad)
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(model)
@@ -466,14 +476,15 @@ class Trainer:
             x, y, idx = self._unpack(batch, self.epoch, self.step)
             check_unit_range(x, f"epoch {self.epoch} step {self.step}: training inputs")
             t = self.epoch + (self.step / steps_per_epoch if steps_per_epoch else 0.0)
-            start = time.perf_counter()
-            loss_sum, correct = self._train_step(x, y, idx, t)
-            dt = time.perf_counter() - start
-            self.elapsed += dt
-            stats["seconds"] += dt
-            stats["loss_sum"] += loss_sum
-            stats["correct"] += correct
-            stats["seen"] += x.shape[0]
+            for _ in range(self.replay):  # Free-AT's minibatch replay (1 = each batch once)
+                start = time.perf_counter()
+                loss_sum, correct = self._train_step(x, y, idx, t)
+                dt = time.perf_counter() - start
+                self.elapsed += dt
+                stats["seconds"] += dt
+                stats["loss_sum"] += loss_sum
+                stats["correct"] += correct
+                stats["seen"] += x.shape[0]
             self.step += 1
             bar.update(1)
             bar.set_postfix(

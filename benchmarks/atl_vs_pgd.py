@@ -43,6 +43,7 @@ MNIST_METHODS = {
     "N-FGSM": ("n-fgsm", {}),
     "FGSM-PGI": ("fgsm-pgi", {}),
     "ATTA": ("atta", {}),
+    "Free ATL": ("free-atl", {}),
 }
 CIFAR_METHODS = {
     "clean": ("clean", {}),

@@ -66,6 +66,9 @@ STUDY_METHODS = {
     "FGSM-PGI": ("fgsm-pgi", {}),
     "ATTA": ("atta", {}),
     "PGD-10 AT": ("pgd", {"steps": 10, "step_size": 2 / 255}),
+    # free ATL (one backward per batch): as is, and with Free-AT's replay (each batch 4 times in a row, epochs / 4)
+    "Free ATL": ("free-atl", {}),
+    "Free ATL (replay 4)": ("free-atl", {"replay": 4, "epochs": 4, "eps_ramp": 1.25}),
 }
 SINGLE_STEP = ("FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA")
 
@@ -103,7 +106,9 @@ def study_recipe(method: str, changes: dict, eps: float, epochs: int | None):
     r = r.replace(eps=eps, step_size=None if r.step_size is None else r.step_size * scale)
     if r.method == "clean":
         r = r.replace(select="last")
-    return r.replace(epochs=epochs) if epochs else r
+    if epochs:  # an override (quick mode) keeps replay's cost: epochs / replay
+        r = r.replace(epochs=max(1, round(epochs / r.replay)))
+    return r
 
 
 def run_key(mode: str, eps: float, label: str, seed: int) -> str:

@@ -125,3 +125,54 @@ def test_fgsm_pgi_state_round_trips_and_resets():
     assert pgi._cycle == 1 and not pgi.initialized.any()
     with pytest.raises(ConfigError, match="holds"):
         FGSMPGI(t, 4, (1, 2, 2)).load_state_dict(pgi.state_dict())
+
+
+def test_free_atl_moves_the_chain_with_the_training_pass_gradient_one_backward_per_batch():
+    from adv_transport.methods import FreeATL
+
+    t = ThreatModel("linf", 0.3)
+    free = FreeATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0))
+    assert free.input_grad_passes == 0 and free.wants_input_grad
+    x_tr = free.perturb(Linear2(W), X, Y, IDX, 0.0)
+    assert torch.equal(x_tr, X)  # trains on the stored sample (clean start here)
+    free.receive_input_grad(SIGN.expand(8, 1, 2, 2) * 1e-3)  # any positive multiple of the gradient
+    free.commit()
+    assert torch.allclose(free.bank.read(IDX, X)[0], 0.1 * SIGN.expand(8, 1, 2, 2))
+    free.perturb(Linear2(W), X, Y, IDX, 1.0)
+    free.commit()  # no gradient handed over (a failed step): nothing written
+    assert torch.allclose(free.bank.read(IDX, X)[0], 0.1 * SIGN.expand(8, 1, 2, 2))
+    # in the trainer: one forward and one backward per batch, the chain moved along the loss's input gradient
+    data = synthetic_dataset(16, shape=(1, 2, 2), classes=2)
+    model = Linear2(W)
+    bank = AdversarialBank(16, (1, 2, 2), t)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), FreeATL(bank, LangevinSampler(
+        t, step_size=0.1, noise_scale=0.0)), progress=False)
+    calls = {"backward": 0}
+    model.register_full_backward_hook(lambda *a: calls.__setitem__("backward", calls["backward"] + 1))
+    trainer.fit(IndexedBatches(data, 8, shuffle=False), epochs=1)
+    assert calls["backward"] == 2  # two batches, one backward each
+    assert trainer.counts == {"input_grad_evals": 0, "param_grad_evals": 16, "examples": 16}
+    x, y, idx = data.get(torch.arange(16))
+    x0 = x.clone().requires_grad_(True)
+    F.cross_entropy(model(x0), y).backward()
+    expected = t.delta_to(x, x + 0.1 * x0.grad.sign())
+    assert torch.allclose(bank.read(idx, x)[0], expected, atol=1e-6)
+
+
+def test_replay_trains_each_batch_several_times_in_a_row():
+    data = synthetic_dataset(16, shape=(1, 2, 2), classes=2)
+    seen = []
+    from adv_transport import Clean
+
+    class Recording(Clean):
+        def perturb(self, model, x, y, idx, t):
+            seen.append(idx.tolist())
+            return x
+
+    model = Linear2(W)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), Recording(), progress=False, replay=3)
+    trainer.fit(IndexedBatches(data, 8, shuffle=False), epochs=1)
+    assert seen == [list(range(8))] * 3 + [list(range(8, 16))] * 3
+    assert trainer.counts["param_grad_evals"] == 48
+    with pytest.raises(ConfigError, match="replay"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), Clean(), replay=0)
