@@ -98,12 +98,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def study_recipe(method: str, changes: dict, eps: float, epochs: int | None):
-    """The study's recipe of ``method`` at ``eps``: the CIFAR-10 recipe, the shared settings, ``changes``; every step
-    size given for eps 8/255 is scaled to ``eps``."""
+def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, norm: str = "linf"):
+    """The study's recipe of ``method`` at ``eps`` (in ``norm``): the CIFAR-10 recipe, the shared settings,
+    ``changes``; every step size given for l-inf eps 8/255 keeps its ratio to eps (l2: eta, alpha as fractions of
+    the l2 radius)."""
     r = recipe(method, "cifar10").replace(**COMMON).replace(**changes)
     scale = eps / EPS8
-    r = r.replace(eps=eps, step_size=None if r.step_size is None else r.step_size * scale)
+    r = r.replace(norm=norm, eps=eps, step_size=None if r.step_size is None else r.step_size * scale)
     if r.method == "clean":
         r = r.replace(select="last")
     if epochs:  # an override (quick mode) keeps replay's cost: epochs / replay
@@ -111,9 +112,15 @@ def study_recipe(method: str, changes: dict, eps: float, epochs: int | None):
     return r
 
 
-def run_key(mode: str, eps: float, label: str, seed: int) -> str:
+def threat_label(norm: str, eps: float) -> str:
+    """'8/255' for l-inf radii, 'l2 0.5' for l2 ones."""
+    return f"{round(eps * 255)}/255" if norm == "linf" else f"l2 {eps:g}"
+
+
+def run_key(mode: str, eps: float, label: str, seed: int, norm: str = "linf") -> str:
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
-    return f"{mode}-eps{round(eps * 255)}-{slug}-seed{seed}"
+    eps_part = f"eps{round(eps * 255)}" if norm == "linf" else f"l2eps{eps:g}"
+    return f"{mode}-{eps_part}-{slug}-seed{seed}"
 
 
 def square_drop(report: dict) -> float | None:
@@ -127,14 +134,14 @@ def square_drop(report: dict) -> float | None:
 
 def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
     train, val, test = data
-    r = study_recipe(method, changes, eps, args.epochs)
+    r = study_recipe(method, changes, eps, args.epochs, args.norm)
     threat = at.ThreatModel(r.norm, r.eps)
     trainer, batches = build_training(
         r, train, None if mode == "sweep" else test, seed=seed, eval_n=args.test_pgd_n, val=val, val_n=args.val_n,
         progress=not args.no_progress, config={"recipe": r.to_dict()},
     )
-    print(f"[{mode} eps {eps * 255:.0f}/255 seed {seed}] {label}: {trainer.method.describe()}", file=sys.stderr,
-          flush=True)
+    print(f"[{mode} eps {threat_label(args.norm, eps)} seed {seed}] {label}: {trainer.method.describe()}",
+          file=sys.stderr, flush=True)
     trainer.fit(batches, r.epochs)
     model = trainer.final_model().eval()
     target, n = (val, args.val_aa_n) if mode == "sweep" else (test, args.aa_n)
@@ -180,7 +187,7 @@ def aggregate(runs: list[dict]) -> dict:
     for r in runs:
         if r["mode"] != "study":
             continue
-        e = out["eps"].setdefault(f"{round(r['eps'] * 255)}/255", {})
+        e = out["eps"].setdefault(threat_label(r["recipe"]["norm"], r["eps"]), {})
         m = e.setdefault(r["label"], {"method": r["method"], "tricks": r["tricks"], "seeds": {}})
         m["seeds"][str(r["seed"])] = {
             "autoattack_acc": r["final"].get("autoattack_acc"), "pgd20_acc": r["final"]["pgd_acc"],
@@ -270,7 +277,7 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
         "measured while other work shared the 2 cores: compare methods by gradient evaluations.",
     ]
     for eps, methods in agg["eps"].items():
-        lines += ["", f"### eps = {eps}", "",
+        lines += ["", f"### eps = {eps}" + (" (l-inf)" if "/" in eps else ""), "",
                   "| method | seeds | tricks | clean % | PGD-20 % | AutoAttack % | Square drop | train s | grad evals |"
                   " epoch cost vs clean |",
                   "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -299,13 +306,13 @@ def plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     study = [r for r in runs if r["mode"] == "study"]
-    eps_list = sorted({r["eps"] for r in study})
-    if not eps_list:
+    threats = sorted({(r["recipe"]["norm"], r["eps"]) for r in study})
+    if not threats:
         return
-    fig, axes = plt.subplots(1, len(eps_list), figsize=(6.5 * len(eps_list), 4.5), squeeze=False)
-    for ax, eps in zip(axes[0], eps_list):
+    fig, axes = plt.subplots(1, len(threats), figsize=(6.5 * len(threats), 4.5), squeeze=False)
+    for ax, (norm, eps) in zip(axes[0], threats):
         for label in STUDY_METHODS:
-            rs = [r for r in study if r["eps"] == eps and r["label"] == label]
+            rs = [r for r in study if (r["recipe"]["norm"], r["eps"]) == (norm, eps) and r["label"] == label]
             for i, r in enumerate(sorted(rs, key=lambda r: r["seed"])):
                 h = r["history"]
                 ax.plot([x["input_grad_evals"] + x["param_grad_evals"] for x in h], [x["pgd_acc"] for x in h],
@@ -314,7 +321,7 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("gradient evaluations (log scale)")
         ax.set_ylabel("test PGD-20 accuracy (%)")
-        ax.set_title(f"eps {eps * 255:.0f}/255 (each line one seed)")
+        ax.set_title(f"eps {threat_label(norm, eps)} (each line one seed)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     fig.suptitle("CIFAR-10 study, small CNN: " + LOSSY_LABEL, fontsize=9)
@@ -347,7 +354,8 @@ def report(out: Path, args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", choices=("sweep", "study", "report"))
-    p.add_argument("--eps", default="8", help="comma-separated eps values in 1/255 (study)")
+    p.add_argument("--eps", default="8", help="comma-separated eps values in 1/255 (l-inf) or plain (l2) (study)")
+    p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", help="';'-separated labels (study: of STUDY_METHODS; sweep: of SWEEP)")
     p.add_argument("--epochs", type=int, help="override the study's 15 epochs")
@@ -386,7 +394,7 @@ def main(argv=None):
             plan = [("sweep", EPS8, label, "atl", ch, 0) for label, ch in SWEEP.items()]
             names = SWEEP
         else:
-            eps_list = [float(e) / 255 for e in args.eps.split(",")]
+            eps_list = [float(e) / (255 if args.norm == "linf" else 1) for e in args.eps.split(",")]
             seeds = [int(s) for s in args.seeds.split(",")]
             plan = [("study", e, label, m, ch, s) for e in eps_list for s in seeds
                     for label, (m, ch) in STUDY_METHODS.items()]
@@ -398,7 +406,7 @@ def main(argv=None):
                 p.error(f"unknown method labels {unknown}; known: {list(names)}")
             plan = [row for row in plan if row[2] in keep]
         for mode, eps, label, method, changes, seed in plan:
-            path = out / "runs" / f"{run_key(mode, eps, label, seed)}.json"
+            path = out / "runs" / f"{run_key(mode, eps, label, seed, args.norm)}.json"
             if path.is_file() and not args.force:
                 continue
             start = time.perf_counter()
