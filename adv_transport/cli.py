@@ -14,9 +14,10 @@ from .checkpoint import load_checkpoint, load_run, previous_path, recover_checkp
 from .data import DATASET_NAMES, DATASETS, DEFAULT_IMAGE_SIZE, FOLDER_PREFIX, check_dataset_name, load_dataset
 from .errors import AdvTransportError, ConfigError
 from .models import MODELS
-from .recipes import METHODS, build_training, recipe
+from .recipes import METHODS, recipe
 from .threat import ThreatModel
 from .trainer import Trainer
+from .training import build_training
 
 DATASET_HELP = "mnist, cifar10, cifar100, svhn, imagenet or folder:<path> (an ImageFolder with train/ and val/)"
 

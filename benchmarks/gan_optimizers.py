@@ -56,7 +56,8 @@ LRS = {
 
 def train_classifier(train, test, epochs, seed, threads_note=""):
     """The feature classifier: the small MNIST CNN trained clean (`adv-transport train --method clean`'s recipe)."""
-    from adv_transport.recipes import build_method, build_optimizer, recipe
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_method, build_optimizer
 
     r = recipe("clean", "mnist").replace(epochs=epochs)
     torch.manual_seed(seed)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from adv_transport import ATL, AdversarialBank, ConfigError, IndexedBatches, LangevinSampler, ThreatModel, Trainer
 from adv_transport.methods import ATTA, FGSMPGI, warmed_up
-from adv_transport.recipes import build_method, recipe
+from adv_transport.recipes import recipe
+from adv_transport.training import build_method
 
 from conftest import Linear2, synthetic_dataset
 
