@@ -11,7 +11,15 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, load_run, previous_path, recover_checkpoint
-from .data import DATASET_NAMES, DATASETS, DEFAULT_IMAGE_SIZE, FOLDER_PREFIX, check_dataset_name, load_dataset
+from .data import (
+    DATASET_NAMES,
+    DATASETS,
+    DEFAULT_IMAGE_SIZE,
+    FOLDER_PREFIX,
+    check_dataset_name,
+    is_streamed,
+    load_dataset,
+)
 from .errors import AdvTransportError, ConfigError
 from .models import MODELS
 from .recipes import METHODS, recipe
@@ -19,7 +27,7 @@ from .threat import ThreatModel
 from .trainer import Trainer
 from .training import build_training
 
-DATASET_HELP = "mnist, cifar10, cifar100, svhn, imagenet or folder:<path> (an ImageFolder with train/ and val/)"
+DATASET_HELP = f"{', '.join(DATASET_NAMES)} (an ImageFolder with train/ and val/)"
 
 
 def dataset_arg(value: str) -> str:
@@ -31,9 +39,9 @@ def dataset_arg(value: str) -> str:
 
 
 def image_size_of(dataset: str, flag: int | None) -> int:
-    """The side of the images a run trains on: ``--image-size`` (imagenet and folder: datasets, default 224) or the
-    dataset's own."""
-    if dataset in DATASETS and dataset != "imagenet":
+    """The side of the images a run trains on: ``--image-size`` (streamed datasets: imagenet and folder:, default 224)
+    or the dataset's own."""
+    if not is_streamed(dataset):
         return DATASETS[dataset]["shape"][-1]
     return DEFAULT_IMAGE_SIZE if flag is None else int(flag)
 
@@ -205,7 +213,7 @@ def run_train(args) -> Trainer:
                 f"cannot resume {ckpt}: the settings differ ({text}). Resume with the stored settings "
                 "or choose another --out; the checkpoint was left as it is."
             )
-    size = image_size if r.dataset == "imagenet" or r.dataset.startswith(FOLDER_PREFIX) else None
+    size = image_size if is_streamed(r.dataset) else None
     workers = getattr(args, "workers", None)
     train = load_dataset(r.dataset, "train", args.data_dir, image_size=size, num_workers=workers)
     train = train.subset(args.train_subset)
@@ -255,8 +263,7 @@ def run_eval(args) -> dict:
     if dataset != r["dataset"]:
         raise ConfigError(f"the checkpoint was trained on {r['dataset']}, not {dataset}")
     threat = ThreatModel(args.norm or r["norm"], args.eps if args.eps is not None else r["eps"])
-    streamed = dataset == "imagenet" or dataset.startswith(FOLDER_PREFIX)
-    size = run.config.get("image_size") if streamed else None
+    size = run.config.get("image_size") if is_streamed(dataset) else None
     test = load_dataset(dataset, "test", args.data_dir, image_size=size, num_workers=args.workers)
     steps, step_size = pgd_defaults(dataset, threat)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -374,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="export a RobustBench submission (checkpoint, model card, zoo entry)")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder (its eval.json fills the card)")
     p.add_argument("--name", required=True, help="<Name><Year><Word>, e.g. Doe2026Langevin")
-    p.add_argument("--dataset", choices=("cifar10", "cifar100", "imagenet"), help="default: the checkpoint's")
+    p.add_argument("--dataset", type=dataset_arg, help="one with a RobustBench leaderboard (default: the checkpoint's)")
     p.add_argument("--threat-model", choices=("Linf", "L2"), help="as RobustBench spells it (default: the run's norm)")
     p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
     p.add_argument("--authors")
