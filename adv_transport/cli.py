@@ -23,7 +23,7 @@ from .data import (
 from .errors import AdvTransportError, ConfigError
 from .models import MODELS
 from .recipes import METHODS, recipe
-from .threat import ThreatModel
+from .threat import HOST_NORMS, NORMS, ThreatModel, host_norm
 from .trainer import Trainer
 from .training import build_training
 
@@ -83,7 +83,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
     p.add_argument("--model", help="mnist-cnn, preact-resnet18 or timm:<name> (default: the recipe's)")
     p.add_argument("--eps", type=float, help="threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)")
-    p.add_argument("--norm", choices=("linf", "l2"))
+    p.add_argument("--norm", choices=NORMS)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=("adam", "sgd"))
@@ -313,7 +313,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-examples", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--eps", type=float)
-    p.add_argument("--norm", choices=("linf", "l2"))
+    p.add_argument("--norm", choices=NORMS)
     p.add_argument("--pgd-steps", type=int)
     p.add_argument("--pgd-step-size", type=float)
     p.add_argument("--pgd-restarts", type=int, default=1)
@@ -364,7 +364,7 @@ def run_submit(args) -> dict:
     if args.reported is not None:
         card["reported"] = f"{args.reported:.2f}"
     dataset = args.dataset or run.recipe.get("dataset")
-    threat_model = args.threat_model or {"linf": "Linf", "l2": "L2"}.get(run.recipe.get("norm"), "Linf")
+    threat_model = args.threat_model or host_norm(run.recipe.get("norm", "linf"))
     paths = export_submission(run, args.name, dataset, threat_model, args.out, report=run.evaluation, card=card)
     for what, path in paths.items():
         print(f"{what}: {path}")
@@ -382,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder (its eval.json fills the card)")
     p.add_argument("--name", required=True, help="<Name><Year><Word>, e.g. Doe2026Langevin")
     p.add_argument("--dataset", type=dataset_arg, help="one with a RobustBench leaderboard (default: the checkpoint's)")
-    p.add_argument("--threat-model", choices=("Linf", "L2"), help="as RobustBench spells it (default: the run's norm)")
+    p.add_argument(
+        "--threat-model", choices=tuple(HOST_NORMS.values()), help="as RobustBench spells it (default: the run's norm)"
+    )
     p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
     p.add_argument("--authors")
     p.add_argument("--link")
