@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BankMismatchError, ConfigError
+from .errors import BankMismatchError, ConfigError, settings_differ
 from .threat import ThreatModel, project_l2_box
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
@@ -330,19 +330,24 @@ class AdversarialBank:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise (:class:`BankMismatchError`) unless ``state`` can be loaded into this bank; changes nothing."""
-        meta = state.get("metadata", {})
-        mine = self.metadata()
-        diffs = []
-        for key in ("num_examples", "copies", "shape", "norm", "dtype"):
-            if list(meta.get(key) or []) != list(mine[key]) if key == "shape" else meta.get(key) != mine[key]:
-                diffs.append(f"{key}: stored {meta.get(key)!r}, this run {mine[key]!r}")
-        if meta.get("eps") is None or not math.isclose(float(meta["eps"]), mine["eps"], rel_tol=1e-9, abs_tol=0.0):
-            diffs.append(f"eps: stored {meta.get('eps')!r}, this run {mine['eps']!r}")
-        if diffs:
-            raise BankMismatchError(
-                "the stored adversarial bank does not match this run (" + "; ".join(diffs) + "). Resume with the "
-                "settings the bank was made with, or start a new run directory; the stored bank was left as it is."
-            )
+        def same(key, stored, mine) -> bool:
+            if key == "shape":
+                return list(stored or []) == list(mine)
+            if key == "eps":
+                return stored is not None and math.isclose(float(stored), mine, rel_tol=1e-9, abs_tol=0.0)
+            return stored == mine
+
+        differ = settings_differ(
+            "the stored adversarial bank does not match this run",
+            state.get("metadata", {}),
+            self.metadata(),
+            keys=("num_examples", "copies", "shape", "norm", "dtype", "eps"),
+            same=same,
+            advice="Resume with the settings the bank was made with, or start a new run directory; the stored bank "
+            "was left as it is.",
+        )
+        if differ:
+            raise BankMismatchError(differ)
         expected = {"storage": tuple(self.storage.shape), "initialized": tuple(self.initialized.shape)}
         if self.row_scale is not None and state.get("row_scale") is not None:
             expected["row_scale"] = tuple(self.row_scale.shape)

@@ -20,7 +20,7 @@ from .data import (
     is_streamed,
     load_dataset,
 )
-from .errors import AdvTransportError, ConfigError
+from .errors import AdvTransportError, ConfigError, settings_differ
 from .models import MODELS
 from .recipes import METHODS, recipe
 from .threat import HOST_NORMS, NORMS, ThreatModel, host_norm
@@ -200,19 +200,15 @@ def run_train(args) -> Trainer:
         if note:
             print(f"adv-transport train: {note}", file=sys.stderr)
         stored = load_checkpoint(ckpt, fallback=False).get("config", {})
-        diffs = {
-            k: (stored.get("recipe", {}).get(k), v)
-            for k, v in config["recipe"].items()
-            if stored.get("recipe", {}).get(k) != v
-        }
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
-        diffs.update({k: (stored.get(k), config[k]) for k in keys if stored.get(k) != config[k]})
-        if diffs:
-            text = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diffs.items())
-            raise ConfigError(
-                f"cannot resume {ckpt}: the settings differ ({text}). Resume with the stored settings "
-                "or choose another --out; the checkpoint was left as it is."
-            )
+        differ = settings_differ(
+            f"cannot resume {ckpt}",
+            {**stored.get("recipe", {}), **{k: stored.get(k) for k in keys}},
+            {**config["recipe"], **{k: config[k] for k in keys}},
+            advice="Resume with the stored settings or choose another --out; the checkpoint was left as it is.",
+        )
+        if differ:
+            raise ConfigError(differ)
     size = image_size if is_streamed(r.dataset) else None
     workers = getattr(args, "workers", None)
     train = load_dataset(r.dataset, "train", args.data_dir, image_size=size, num_workers=workers)

@@ -6,6 +6,8 @@ Every error says what was wrong and what is accepted. They subclass ``ValueError
 
 from __future__ import annotations
 
+from typing import Any, Callable, Iterable, Mapping
+
 
 class AdvTransportError(Exception):
     """Base class of all adv_transport errors."""
@@ -35,3 +37,25 @@ class NonFiniteLossError(AdvTransportError, RuntimeError):
         self.epoch = epoch
         self.step = step
         self.checkpoint = checkpoint
+
+
+def settings_differ(
+    what: str,
+    stored: Mapping[str, Any],
+    current: Mapping[str, Any],
+    keys: Iterable[str] | None = None,
+    same: Callable[[str, Any, Any], bool] | None = None,
+    advice: str = "",
+) -> str | None:
+    """The one message for stored settings that do not match the current ones: ``"<what>: the settings differ (k:
+    stored a, now b; ...). <advice>"``, or None when every key agrees. ``keys`` default to ``current``'s;
+    ``same(key, a, b)`` compares (default ``==``)."""
+    same = same or (lambda key, a, b: a == b)
+    diffs = [
+        f"{k}: stored {stored.get(k)!r}, now {current.get(k)!r}"
+        for k in (current if keys is None else keys)
+        if not same(k, stored.get(k), current.get(k))
+    ]
+    if not diffs:
+        return None
+    return f"{what}: the settings differ ({'; '.join(diffs)})." + (f" {advice}" if advice else "")

@@ -28,7 +28,7 @@ import torch.nn as nn
 from adv_transport.attacks import fgsm, pgd
 from adv_transport.checkpoint import atomic_save, safe_load
 from adv_transport.data import IndexedDataset
-from adv_transport.errors import ConfigError
+from adv_transport.errors import ConfigError, settings_differ
 from adv_transport.modes import model_mode
 from adv_transport.threat import ThreatModel, check_unit_range
 
@@ -79,16 +79,15 @@ def _load_state(path: Path | None, settings: dict, fingerprint: str | None) -> d
     state = safe_load(path, "an adv-transport evaluation state (eval.state.pt, as written by adv-transport eval)")
     if not isinstance(state, dict) or not isinstance(state.get("correct"), dict) or "done" not in state:
         raise ConfigError(f"{path} is not an adv-transport evaluation state (a dict with 'settings', 'done', ...)")
-    if state.get("settings") != settings:
-        diffs = {
-            k: (state.get("settings", {}).get(k), v)
-            for k, v in settings.items()
-            if state.get("settings", {}).get(k) != v
-        }
-        raise ConfigError(
-            f"evaluation state {path} was made with other settings ({diffs}); delete it or use the same "
-            "settings to resume"
-        )
+    differ = settings_differ(
+        f"evaluation state {path} was made with other settings",
+        state.get("settings") or {},
+        settings,
+        keys=sorted(set(settings) | set(state.get("settings") or {})),
+        advice="Delete it or use the same settings to resume.",
+    )
+    if differ:
+        raise ConfigError(differ)
     if state.get("fingerprint") != fingerprint:
         stored = state.get("fingerprint")
         warnings.warn(
