@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ from .data import (
 )
 from .errors import AdvTransportError, ConfigError, settings_differ
 from .models import MODELS
-from .recipes import METHODS, recipe
+from .recipes import METHODS, Recipe, recipe
 from .threat import HOST_NORMS, NORMS, ThreatModel, host_norm
 from .trainer import Trainer
 from .training import build_training
@@ -52,28 +54,27 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-RECIPE_FLAGS = (
-    "model",
-    "eps",
-    "norm",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "lr_schedule",
-    "clean_weight",
-    "steps",
-    "step_size",
-    "noise_scale",
-    "noise",
-    "copies",
-    "bank_dtype",
-    "bank_init",
-    "model_mode",
-    "eps_ramp",
-    "noise_mult",
-)
+def recipe_fields() -> list[dataclasses.Field]:
+    """The :class:`~adv_transport.recipes.Recipe` fields ``adv-transport train`` has a flag for (``--batch-size`` for
+    ``batch_size``): the flags are derived from the dataclass, its types, help texts and choices."""
+    return [f for f in dataclasses.fields(Recipe) if f.metadata.get("cli")]
+
+
+def _flag_type(annotation) -> type:
+    """``int`` for ``int | None``, ``float`` for ``float``, ..."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """One flag per field of :func:`recipe_fields`; unset flags keep the recipe's value."""
+    hints = typing.get_type_hints(Recipe)
+    for f in recipe_fields():
+        flag, kind = "--" + f.name.replace("_", "-"), _flag_type(hints[f.name])
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type=kind, choices=f.metadata.get("choices"), help=f.metadata["help"])
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -81,36 +82,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", type=dataset_arg, default="mnist", help=DATASET_HELP)
     p.add_argument("--image-size", type=int, help="imagenet and folder: datasets: resize and centre-crop to this side")
     p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
-    p.add_argument("--model", help="mnist-cnn, preact-resnet18 or timm:<name> (default: the recipe's)")
-    p.add_argument("--eps", type=float, help="threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)")
-    p.add_argument("--norm", choices=NORMS)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lr-schedule", choices=("onecycle", "constant"))
-    p.add_argument("--clean-weight", type=float, help="weight of an added clean loss term")
-    p.add_argument("--steps", type=int, help="Langevin steps T (atl) or PGD steps (pgd)")
-    p.add_argument("--step-size", type=float, help="Langevin step eta (atl) or attack step alpha (baselines)")
-    p.add_argument("--noise-scale", type=float, help="Langevin noise scale s")
-    p.add_argument("--noise", choices=("uniform", "gaussian"))
-    p.add_argument("--copies", type=int, help="bank copies K per example")
-    p.add_argument("--bank-dtype", choices=("float32", "float16", "int8"))
-    p.add_argument("--bank-init", choices=("zero", "uniform"))
-    p.add_argument("--eps-ramp", type=float, help="PGD, FGSM-RS, N-FGSM: grow eps from 0 over this many epochs")
-    p.add_argument("--noise-mult", type=float, help="N-FGSM: start uniform in a box of this many eps (default 2)")
-    p.add_argument(
-        "--model-mode",
-        choices=("train", "batch-stats", "eval"),
-        help="model mode during the inner step (default train; batch-stats: batch-norm running statistics untouched)",
-    )
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random crop (pad 4) and flip after adding delta (default: on for CIFAR-10)",
-    )
+    add_recipe_args(p)
     p.add_argument("--train-subset", type=int, help="train on the first N training examples only")
     p.add_argument("--eval-n", type=int, default=1000, help="held-out test points for the per-epoch PGD check")
     p.add_argument("--seed", type=int, default=0)
@@ -124,10 +96,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def make_recipe(args):
     r = recipe(args.method, args.dataset)
-    changes = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-    if getattr(args, "augment", None) is not None:
-        changes["augment"] = args.augment
-    r = r.replace(**changes)
+    changes = {f.name: getattr(args, f.name, None) for f in recipe_fields()}
+    r = r.replace(**changes)  # None: the recipe's value
     check_recipe(r)
     return r
 
@@ -324,7 +294,7 @@ def run_demo(args) -> None:
     from .plots import plot_history
 
     train_args = argparse.Namespace(**{**vars(args), "method": "atl", "dataset": "mnist", "resume": True})
-    for k in RECIPE_FLAGS + ("augment", "train_subset"):
+    for k in [f.name for f in recipe_fields()] + ["train_subset"]:
         if not hasattr(train_args, k):
             setattr(train_args, k, None)
     trainer = run_train(train_args)

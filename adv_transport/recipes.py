@@ -13,54 +13,73 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bank import DTYPES, INITS
 from .errors import ConfigError
+from .langevin import NOISES
+from .modes import MODEL_MODES
+from .threat import NORMS
+from .trainer import LOSSES, SELECTIONS
 
 METHODS = ("atl", "pgd", "fgsm-rs", "n-fgsm", "fgsm-pgi", "atta", "clean")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("onecycle", "constant")
 
 
+def _setting(default, help: str, choices=None, cli: bool = True):
+    """A recipe field with its command-line description: ``adv-transport train`` has one flag per field with
+    ``cli=True`` (``--batch-size`` for ``batch_size``), typed from the annotation, with these ``choices``."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+
+
 @dataclass
 class Recipe:
-    """Everything that decides a training run besides the model and the data."""
+    """Everything that decides a training run besides the model and the data.
 
-    method: str
-    dataset: str
-    model: str
-    eps: float
-    norm: str = "linf"
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "onecycle"
-    pct_start: float = 0.4
-    clean_weight: float = 0.0
-    augment: bool = False
+    ``step_size`` is the inner step's step size: the Langevin step eta for ``atl`` and ``atta``, the attack step
+    alpha for ``pgd``, ``fgsm-rs``, ``n-fgsm`` and ``fgsm-pgi`` (``--step-size`` for both)."""
+
+    method: str = field(metadata={"help": "inner step", "choices": METHODS, "cli": False})
+    dataset: str = field(metadata={"help": "dataset name", "cli": False})
+    model: str = field(metadata={"help": "mnist-cnn, small-cnn, preact-resnet18 or timm:<name>", "cli": True})
+    eps: float = field(metadata={"help": "threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)", "cli": True})
+    norm: str = _setting("linf", "threat norm", NORMS)
+    epochs: int = _setting(10, "training epochs")
+    batch_size: int = _setting(128, "mini-batch size")
+    optimizer: str = _setting("adam", "optimizer", OPTIMIZERS)
+    lr: float = _setting(3e-3, "peak learning rate")
+    momentum: float = _setting(0.9, "SGD momentum (Nesterov when > 0)")
+    weight_decay: float = _setting(0.0, "weight decay")
+    lr_schedule: str = _setting("onecycle", "learning-rate schedule, stepped per batch", LR_SCHEDULES)
+    pct_start: float = _setting(0.4, "one-cycle schedule: share of the steps spent warming up")
+    clean_weight: float = _setting(0.0, "weight of an added clean loss term")
+    augment: bool = _setting(False, "random crop (pad 4) and flip after adding delta (default: on for CIFAR)")
     # inner-step settings (see adv_transport.methods); None means "the method's default"
-    steps: int | None = None
-    step_size: float | None = None
-    noise_scale: float = 0.2
-    noise: str = "uniform"
-    copies: int = 1
-    bank_dtype: str = "float32"
-    bank_init: str = "zero"
-    model_mode: str = "train"
-    eps_ramp: float = 0.0  # epochs over which PGD's eps grows linearly from 0 (0 = no warm-up)
-    noise_mult: float = 2.0  # N-FGSM: the start is uniform in a box of noise_mult * eps
-    reset_every: int | None = None  # ATL/ATTA/FGSM-PGI: forget the stored perturbations every this many epochs
-    pgi_lam: float = 10.0  # FGSM-PGI: weight of the output-consistency term
-    pgi_decay: float = 0.3  # FGSM-PGI: gradient momentum decay
+    steps: int | None = _setting(None, "Langevin steps T (atl) or PGD steps (pgd)")
+    step_size: float | None = _setting(None, "the inner step's step size: Langevin eta (atl, atta) or attack alpha")
+    noise_scale: float = _setting(0.2, "Langevin noise scale s")
+    noise: str = _setting("uniform", "Langevin noise", NOISES)
+    copies: int = _setting(1, "bank copies K per example")
+    bank_dtype: str = _setting("float32", "bank storage dtype", tuple(DTYPES))
+    bank_init: str = _setting("zero", "bank start: clean (zero) or uniform in the ball", INITS)
+    model_mode: str = _setting(
+        "train", "model mode during the inner step (batch-stats: batch-norm running statistics untouched)", MODEL_MODES
+    )
+    eps_ramp: float = _setting(0.0, "grow eps linearly from 0 over this many epochs (0 = no warm-up)")
+    noise_mult: float = _setting(2.0, "N-FGSM: start uniform in a box of this many eps")
+    reset_every: int | None = _setting(None, "atl, atta, fgsm-pgi: forget the stored perturbations every N epochs")
+    pgi_lam: float = _setting(10.0, "FGSM-PGI: weight of the output-consistency term")
+    pgi_decay: float = _setting(0.3, "FGSM-PGI: gradient momentum decay")
     # tricks available to every method (all off by default)
-    label_smoothing: float = 0.0
-    loss: str = "ce"  # or "trades" (clean CE + trades_beta * KL(clean || adversarial))
-    trades_beta: float = 6.0
-    ema_decay: float | None = None  # weight averaging: EMA of the parameters, the averaged model is evaluated
-    select: str = "last"  # or "best": the epoch with the best PGD accuracy on the validation split
-    early_stop_drop: float | None = None  # stop when validation PGD accuracy falls this many points below its best
-    extra: dict[str, Any] = field(default_factory=dict)
+    label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
+    loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)
+    trades_beta: float = _setting(6.0, "TRADES: weight of the KL term")
+    ema_decay: float | None = _setting(None, "weight averaging: EMA of the parameters, the averaged model evaluated")
+    # model selection reads a validation split of the training set, which only the Python API holds out
+    select: str = _setting("last", "best: the epoch with the best validation PGD accuracy", SELECTIONS, cli=False)
+    early_stop_drop: float | None = _setting(
+        None, "stop when validation PGD accuracy falls this many points below its best", cli=False
+    )
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes", "cli": False})
 
     def tricks(self) -> list[str]:
         """The tricks this recipe uses, as short labels (for result tables)."""
