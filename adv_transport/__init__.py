@@ -4,6 +4,7 @@ The public API is re-exported here; host libraries (timm, torchattacks, robustbe
 by ``adv_transport.plugins.*``.
 """
 
+from . import schedules
 from .augment import RandomCropFlip
 from .bank import AdversarialBank
 from .checkpoint import CheckpointError, Run, load_model, load_run
@@ -19,11 +20,19 @@ from .errors import (
 from .langevin import LangevinSampler
 from .methods import ATL, FGSMRS, NFGSM, PGD, Clean, InnerStep
 from .models import MnistCNN, Normalized, PreActResNet18, build_model
-from .schedules import Cosine, Linear
+from .schedules import CosineSchedule, LinearSchedule
 from .threat import ThreatModel
 from .trainer import Trainer
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``Linear`` and ``Cosine``: the former top-level names of the schedules (deprecated aliases, one release)."""
+    if name in ("Linear", "Cosine"):
+        return getattr(schedules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ATL",
@@ -37,14 +46,14 @@ __all__ = [
     "CheckpointError",
     "Clean",
     "ConfigError",
-    "Cosine",
+    "CosineSchedule",
     "DataRangeError",
     "FolderDataset",
     "IndexedBatches",
     "IndexedDataset",
     "InnerStep",
     "LangevinSampler",
-    "Linear",
+    "LinearSchedule",
     "MissingIndexError",
     "MnistCNN",
     "NonFiniteLossError",

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adv_transport import ConfigError, LangevinSampler, ThreatModel
-from adv_transport.schedules import Linear
+from adv_transport.schedules import LinearSchedule
 
 from conftest import Linear2
 
@@ -106,7 +106,7 @@ def test_delta_to_is_a_feasible_projection(norm, eps, seed, scale):
 
 
 def test_scheduled_step_size_follows_progress():
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=Linear(0.01, 0.05, epochs=4), noise_scale=0.0)
+    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=LinearSchedule(0.01, 0.05, epochs=4), noise_scale=0.0)
     assert s.sample(Linear2(W), X, Y, t=0.0).abs().max().item() == pytest.approx(0.01)
     assert s.sample(Linear2(W), X, Y, t=2.0).abs().max().item() == pytest.approx(0.03)
     assert s.sample(Linear2(W), X, Y, t=10.0).abs().max().item() == pytest.approx(0.05)
@@ -209,3 +209,17 @@ def test_batch_stats_mode_normalises_with_the_batch_and_leaves_running_statistic
     assert torch.equal(deltas["batch-stats"], deltas["train"])  # batch statistics, as in train mode
     assert not torch.equal(deltas["batch-stats"], deltas["eval"])
     assert stats == {"train": False, "batch-stats": True, "eval": True}  # running stats untouched by batch-stats
+
+
+def test_schedules_are_named_as_schedules_and_the_old_names_still_work():
+    import adv_transport as at
+    from adv_transport.schedules import CosineSchedule
+
+    assert CosineSchedule(1.0, 0.0, epochs=2)(1.0) == pytest.approx(0.5)
+    assert LinearSchedule(0.0, 1.0, epochs=2) == LinearSchedule(0.0, 1.0, epochs=2)
+    with pytest.raises(ConfigError, match="LinearSchedule needs epochs > 0"):
+        LinearSchedule(0.0, 1.0, epochs=0)
+    with pytest.warns(DeprecationWarning, match="is now LinearSchedule"):
+        assert at.Linear is LinearSchedule
+    with pytest.warns(DeprecationWarning, match="is now CosineSchedule"):
+        assert at.Cosine is CosineSchedule
