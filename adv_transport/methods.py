@@ -267,7 +267,7 @@ class ATL(_Stored, InnerStep):
         return {
             "method": self.name,
             "steps": s.steps,
-            "step_size": s.step_size if not callable(s.step_size) else repr(s.step_size),
+            "eta": s.eta if not callable(s.eta) else repr(s.eta),
             "noise_scale": s.noise_scale if not callable(s.noise_scale) else repr(s.noise_scale),
             "noise": s.noise,
             "model_mode": s.model_mode,

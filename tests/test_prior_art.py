@@ -28,7 +28,7 @@ def test_warmed_up_grows_eps_linearly_then_stays():
 
 def test_atl_eps_warm_up_shrinks_ball_and_step_together():
     t = ThreatModel("linf", 0.2)
-    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0), eps_ramp=4)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), eps_ramp=4)
     d = atl.perturb(Linear2(W), X, Y, IDX, 1.0) - X  # eps 0.05, step 0.1 * 0.05 / 0.2 = 0.025
     assert torch.allclose(d, 0.025 * SIGN.expand(8, 1, 2, 2))
     atl.commit()
@@ -41,7 +41,7 @@ def test_atl_eps_warm_up_shrinks_ball_and_step_together():
 
 def test_atl_reset_every_forgets_the_chains_at_period_boundaries_only():
     t = ThreatModel("linf", 0.3)
-    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0), reset_every=2)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), reset_every=2)
     for epoch, expected in ((0.0, 0.1), (1.5, 0.2), (2.0, 0.1), (3.0, 0.2), (4.2, 0.1)):
         d = atl.perturb(Linear2(W), X, Y, IDX, epoch) - X
         atl.commit()

@@ -30,7 +30,7 @@ def make_trainer(run_dir=None, dtype="float32", eps=0.1, checkpoint_every=0, mod
     model = model or TinyCNN()
     threat = ThreatModel("linf", eps)
     bank = AdversarialBank(len(data), data.shape, threat, dtype=dtype, copies=2, init="uniform")
-    method = ATL(bank, LangevinSampler(threat, step_size=0.02, noise_scale=0.2, steps=2))
+    method = ATL(bank, LangevinSampler(threat, eta=0.02, noise_scale=0.2, steps=2))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
     aug = RandomCropFlip(padding=1) if augment else None
