@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from .attacks import input_gradient
 from .errors import ConfigError
-from .modes import check_mode, model_mode
+from .modes import check_model_mode, model_mode
 from .schedules import Schedule, value_at
 from .threat import ThreatModel
 
@@ -91,7 +91,7 @@ class LangevinSampler:
         self.noise_scale = noise_scale
         self.steps = int(steps)
         self.noise = noise
-        self.model_mode = check_mode(model_mode)
+        self.model_mode = check_model_mode(model_mode)
         self._check_values(0.0)
 
     @property

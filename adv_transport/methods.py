@@ -29,7 +29,7 @@ from .attacks import fgsm, pgd
 from .bank import AdversarialBank
 from .errors import ConfigError
 from .langevin import LangevinSampler
-from .modes import check_mode, model_mode
+from .modes import check_model_mode, model_mode
 from .schedules import value_at
 from .threat import ThreatModel
 
@@ -98,7 +98,7 @@ class _Attacked(InnerStep):
 
     def __init__(self, threat: ThreatModel, model_mode: str = "train", eps_ramp: float = 0.0):
         self.threat = threat
-        self.model_mode = check_mode(model_mode)
+        self.model_mode = check_model_mode(model_mode)
         self.eps_ramp = _check_ramp(eps_ramp)
 
     def threat_at(self, t: float) -> ThreatModel:
