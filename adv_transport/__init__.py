@@ -14,8 +14,11 @@ from .errors import (
     BankMismatchError,
     ConfigError,
     DataRangeError,
+    EmptyLoaderError,
     MissingIndexError,
+    NonFiniteError,
     NonFiniteLossError,
+    NonFiniteParameterError,
 )
 from .langevin import LangevinSampler
 from .methods import ATL, FGSMRS, NFGSM, PGD, Clean, InnerStep
@@ -54,7 +57,10 @@ __all__ = [
     "InnerStep",
     "LangevinSampler",
     "LinearSchedule",
+    "EmptyLoaderError",
     "MissingIndexError",
+    "NonFiniteError",
+    "NonFiniteParameterError",
     "MnistCNN",
     "NonFiniteLossError",
     "Normalized",

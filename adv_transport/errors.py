@@ -25,18 +25,33 @@ class MissingIndexError(AdvTransportError, ValueError):
     """A data loader yielded batches without the per-example dataset index that the bank needs."""
 
 
+class EmptyLoaderError(MissingIndexError):
+    """A data loader yielded no batches at all (an empty dataset or subset).
+
+    It subclasses :class:`MissingIndexError` only so that code written when that was raised for an empty loader keeps
+    working; that base goes in the next release."""
+
+
 class BankMismatchError(AdvTransportError, ValueError):
     """A stored adversarial bank does not match the run it is being loaded into."""
 
 
-class NonFiniteLossError(AdvTransportError, RuntimeError):
-    """The training loss became NaN or infinite; the run stopped before writing anything from that step."""
+class NonFiniteError(AdvTransportError, RuntimeError):
+    """Training produced a NaN or infinite value; ``epoch``, ``step`` and the last good ``checkpoint`` say where."""
 
     def __init__(self, message: str, *, epoch: int, step: int, checkpoint: str | None):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
         self.checkpoint = checkpoint
+
+
+class NonFiniteLossError(NonFiniteError):
+    """The training loss became NaN or infinite; the run stopped before writing anything from that step."""
+
+
+class NonFiniteParameterError(NonFiniteError):
+    """A model parameter became NaN or infinite; the checkpoint was not overwritten with it."""
 
 
 def settings_differ(
