@@ -1,7 +1,8 @@
 """adv_transport: Langevin adversarial transport (ATL) for PyTorch classifiers.
 
-The public API is re-exported here; host libraries (timm, torchattacks, robustbench, pyautoattack) are only touched
-by ``adv_transport.plugins.*``.
+The public API the README uses is re-exported here, each name with a one-line docstring; the GAN code is in
+:mod:`adv_transport.gan`, the evaluation in :mod:`adv_transport.eval`. Host libraries (timm, torchattacks,
+robustbench, pyautoattack) are only touched by ``adv_transport.plugins.*``.
 """
 
 from . import schedules
@@ -20,29 +21,23 @@ from .errors import (
     NonFiniteLossError,
     NonFiniteParameterError,
 )
+from .eval import evaluate
 from .langevin import LangevinSampler
-from .methods import ATL, FGSMRS, NFGSM, PGD, Clean, InnerStep
+from .methods import ATL, ATTA, FGSMPGI, FGSMRS, NFGSM, PGD, Clean, InnerStep
 from .models import MnistCNN, Normalized, PreActResNet18, build_model
+from .optim import AdaDir, AdaLR, NormalizedSGD
+from .recipes import Recipe, recipe
 from .schedules import CosineSchedule, LinearSchedule
 from .threat import ThreatModel
 from .trainer import Trainer
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    """``Linear`` and ``Cosine``: the former top-level names of the schedules (deprecated aliases, one release)."""
-    if name in ("Linear", "Cosine"):
-        return getattr(schedules, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ATL",
-    "RandomCropFlip",
-    "FGSMRS",
-    "NFGSM",
-    "PGD",
+    "ATTA",
+    "AdaDir",
+    "AdaLR",
     "AdvTransportError",
     "AdversarialBank",
     "BankMismatchError",
@@ -51,26 +46,41 @@ __all__ = [
     "ConfigError",
     "CosineSchedule",
     "DataRangeError",
+    "EmptyLoaderError",
+    "FGSMPGI",
+    "FGSMRS",
     "FolderDataset",
     "IndexedBatches",
     "IndexedDataset",
     "InnerStep",
     "LangevinSampler",
     "LinearSchedule",
-    "EmptyLoaderError",
     "MissingIndexError",
-    "NonFiniteError",
-    "NonFiniteParameterError",
     "MnistCNN",
+    "NFGSM",
+    "NonFiniteError",
     "NonFiniteLossError",
+    "NonFiniteParameterError",
     "Normalized",
+    "NormalizedSGD",
+    "PGD",
     "PreActResNet18",
+    "RandomCropFlip",
+    "Recipe",
     "Run",
     "ThreatModel",
     "Trainer",
     "build_model",
+    "evaluate",
     "load_dataset",
     "load_model",
     "load_run",
-    "__version__",
+    "recipe",
 ]
+
+
+def __getattr__(name: str):
+    """``Linear`` and ``Cosine``: the former top-level names of the schedules (deprecated aliases, one release)."""
+    if name in ("Linear", "Cosine"):
+        return getattr(schedules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

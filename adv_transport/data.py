@@ -242,8 +242,10 @@ def _from_torchvision(name: str, split: str, root: Path) -> IndexedDataset:
 
 
 class FolderDataset:
-    """An image folder read from disk one example at a time: item ``i`` is ``(x_i in [0, 1], y_i, i)``, ``i`` the
-    position in torchvision ImageFolder's sorted file list. Every image is resized (short side
+    """An image folder read from disk one example at a time, with stable per-example indices.
+
+    Item ``i`` is ``(x_i in [0, 1], y_i, i)``, ``i`` the position in torchvision ImageFolder's sorted file list.
+    Every image is resized (short side
     ``image_size * 256 / 224``) and centre-cropped to ``image_size`` x ``image_size`` RGB.
 
     ``class_to_idx`` (the train split's) fixes the labels of the val split. :class:`IndexedBatches` streams it
@@ -390,9 +392,11 @@ def load_dataset(
     image_size: int | None = None,
     num_workers: int | None = None,
 ):
-    """Load a dataset split (``train`` or ``test``; the ``val/`` folder of image folders) by name: ``mnist``,
-    ``cifar10``, ``cifar100``, ``svhn`` (in memory, :class:`IndexedDataset`), ``imagenet`` or ``folder:<path>``
-    (streamed from disk, :class:`FolderDataset`; ``image_size`` defaults to 224, ``num_workers`` to one per core)."""
+    """Load a dataset split by name (a key of :data:`DATASETS` or ``folder:<path>``), with stable indices.
+
+    ``split``: ``train`` or ``test`` (the ``val/`` folder of image folders). In memory (:class:`IndexedDataset`)
+    unless :func:`is_streamed` (``imagenet``, ``folder:<path>``: read from disk, :class:`FolderDataset`;
+    ``image_size`` defaults to 224, ``num_workers`` to one per core)."""
     check_dataset_name(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")

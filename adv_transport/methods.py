@@ -49,8 +49,10 @@ def _check_ramp(eps_ramp: float) -> float:
 
 
 class InnerStep:
-    """Base class. ``perturb`` returns the inputs to train on; ``commit`` is called once the parameter step
-    succeeded (ATL writes its bank there, so a failed step leaves the bank untouched).
+    """Base class of the inner steps: how a method turns a clean batch into the batch the model is trained on.
+
+    ``perturb`` returns the inputs to train on; ``commit`` is called once the parameter step succeeded (ATL writes
+    its bank there, so a failed step leaves the bank untouched).
 
     ``regularizer(logits, y)`` may return an extra training-loss term computed from the logits of the perturbed batch
     (FGSM-PGI's output consistency); ``extra_param_passes`` counts the additional backward passes through the model
@@ -84,6 +86,8 @@ class InnerStep:
 
 
 class Clean(InnerStep):
+    """No perturbation: standard training through the same loop (the baseline without an inner step)."""
+
     name = "clean"
 
     def perturb(self, model, x, y, idx, t):
@@ -209,8 +213,9 @@ class _Stored:
 
 
 class ATL(_Stored, InnerStep):
-    """Langevin adversarial transport: read delta from the bank, advance it T Langevin steps, and (on commit)
-    write it back.
+    """Langevin adversarial transport: each example's chain read from the bank, advanced, written back.
+
+    Per visit: read delta from the bank, advance it T Langevin steps, and (on commit) write it back.
 
     Args:
         bank, sampler: the bank of chains and the Langevin sampler (same threat).
@@ -279,9 +284,10 @@ class ATL(_Stored, InnerStep):
 
 
 class ATTA(ATL):
-    """ATTA (Zheng et al. 2020): the stored perturbation advanced by one projected signed step of ``step_size`` per
-    visit, without noise, and reset every ``reset_every`` epochs. It is ATL's loop with a noiseless, one-step chain:
-    the sampler must have ``noise_scale = 0`` and ``steps = 1``."""
+    """ATTA (Zheng et al. 2020): a stored perturbation advanced one noiseless signed step per visit.
+
+    The step is projected, of size the sampler's ``eta``, and the bank is reset every ``reset_every`` epochs. It is
+    ATL's loop with a noiseless, one-step chain: the sampler must have ``noise_scale = 0`` and ``steps = 1``."""
 
     name = "atta"
 

@@ -97,6 +97,7 @@ class PreActResNet(nn.Module):
 
 
 def PreActResNet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> PreActResNet:
+    """The CIFAR PreAct-ResNet-18 (He et al. 2016) of Wong et al. 2020 and RobustBench, without normalisation."""
     return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
