@@ -7,8 +7,8 @@ rounded toward zero instead, which stays feasible because the feasible set of ea
 containing both 0 and delta.
 
 Error of a read-back delta (``err = read - written``, the written delta already projected onto ball and box; d input
-values per example; ``kappa = sqrt(d) * ||delta||_inf / ||delta||_2``, between 1 and sqrt(d), about 3.5-4.5 for the
-spread-out perturbations of l2 chains at d = 784-3072):
+values per example; ``kappa = sqrt(d) * ||delta||_inf / ||delta||_2``, between 1 and sqrt(d), small for spread-out
+perturbations such as those of l2 chains; measured values are in the README, "How it works"):
 
 ==========  =====================================================  ==================================================
 dtype       l-inf                                                  l2
@@ -20,10 +20,9 @@ float16     ``|err_i| <= 2^-10 |delta_i| + 2^-24`` per coordinate  the same per 
 int8        a grid of step eps/127 over [-eps, eps]:               a grid of step ``||delta||_inf / 127`` per example
             ``|err_i| <= eps/254``, ``eps/127`` where a value      (a float32 scale per example and copy, 4 bytes),
             had to move toward zero to stay feasible               rescaled so the norm is kept:
-                                                                   ``||err||_2 <= kappa / 127 * ||delta||_2`` (at
-                                                                   most 1.2 % measured), plus one grid step on those
-                                                                   coordinates that had to move toward zero to stay
-                                                                   in the box;
+                                                                   ``||err||_2 <= kappa / 127 * ||delta||_2``, plus
+                                                                   one grid step on those coordinates that had to
+                                                                   move toward zero to stay in the box;
                                                                    ``||read||_2 = ||delta||_2`` up to float rounding
                                                                    except for those coordinates
 ==========  =====================================================  ==================================================

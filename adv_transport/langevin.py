@@ -1,4 +1,7 @@
-"""Projected Langevin sampling of the entropic worst-case distribution (SPEC section 1).
+"""Projected Langevin sampling of the entropic worst-case distribution.
+
+The distribution is ``p*(x_adv | x, y) ∝ exp(lambda * CE(f(x_adv), y)) * 1{x_adv in the threat ball around x}``: the
+adversary's best response when it pays an entropy price ``1 / lambda`` for concentrating its mass.
 
 One step, for inputs ``x`` with labels ``y`` and current samples ``x_adv = x + delta``::
 
