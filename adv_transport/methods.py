@@ -82,6 +82,8 @@ class InnerStep:
         pass
 
     def describe(self) -> dict[str, Any]:
+        """The settings of this inner step, under the :class:`~adv_transport.recipes.Recipe` field names (stored in
+        checkpoints as ``method_info`` and in the benchmarks' results)."""
         return {"method": self.name}
 
 
@@ -272,7 +274,7 @@ class ATL(_Stored, InnerStep):
         return {
             "method": self.name,
             "steps": s.steps,
-            "eta": s.eta if not callable(s.eta) else repr(s.eta),
+            "step_size": s.eta if not callable(s.eta) else repr(s.eta),  # the recipe's name: eta for ATL
             "noise_scale": s.noise_scale if not callable(s.noise_scale) else repr(s.noise_scale),
             "noise": s.noise,
             "model_mode": s.model_mode,
