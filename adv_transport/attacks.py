@@ -22,11 +22,22 @@ def input_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tu
     return grad, losses.detach()
 
 
-def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, step_size: float | None = None):
-    """One ascent step of size ``step_size`` (default eps) from the clean input, projected."""
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    step_size: float | None = None,
+    start: torch.Tensor | None = None,
+    project: bool = True,
+) -> torch.Tensor:
+    """One ascent step of size ``step_size`` (default eps) from ``start`` (default the clean input ``x``), projected
+    onto the ball around ``x`` and the box [0, 1] (``project=False``: onto the box only, as N-FGSM does)."""
     step = threat.eps if step_size is None else step_size
-    grad, _ = input_gradient(model, x, y)
-    return threat.clip(x, x + step * threat.direction(grad)).detach()
+    x0 = x if start is None else start
+    grad, _ = input_gradient(model, x0, y)
+    x_adv = x0 + step * threat.direction(grad)
+    return (threat.clip(x, x_adv) if project else x_adv.clamp(0, 1)).detach()
 
 
 def pgd(

@@ -7,8 +7,8 @@ rounded toward zero instead, which stays feasible because the feasible set of ea
 containing both 0 and delta.
 
 Error of a read-back delta (``err = read - written``, the written delta already projected onto ball and box; d input
-values per example; ``kappa = sqrt(d) * ||delta||_inf / ||delta||_2``, between 1 and sqrt(d), about 3.5-4.5 for the
-spread-out perturbations of l2 chains at d = 784-3072):
+values per example; ``kappa = sqrt(d) * ||delta||_inf / ||delta||_2``, between 1 and sqrt(d), small for spread-out
+perturbations such as those of l2 chains; measured values are in the README, "How it works"):
 
 ==========  =====================================================  ==================================================
 dtype       l-inf                                                  l2
@@ -20,10 +20,9 @@ float16     ``|err_i| <= 2^-10 |delta_i| + 2^-24`` per coordinate  the same per 
 int8        a grid of step eps/127 over [-eps, eps]:               a grid of step ``||delta||_inf / 127`` per example
             ``|err_i| <= eps/254``, ``eps/127`` where a value      (a float32 scale per example and copy, 4 bytes),
             had to move toward zero to stay feasible               rescaled so the norm is kept:
-                                                                   ``||err||_2 <= kappa / 127 * ||delta||_2`` (at
-                                                                   most 1.2 % measured), plus one grid step on those
-                                                                   coordinates that had to move toward zero to stay
-                                                                   in the box;
+                                                                   ``||err||_2 <= kappa / 127 * ||delta||_2``, plus
+                                                                   one grid step on those coordinates that had to
+                                                                   move toward zero to stay in the box;
                                                                    ``||read||_2 = ||delta||_2`` up to float rounding
                                                                    except for those coordinates
 ==========  =====================================================  ==================================================
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BankMismatchError, ConfigError
+from .errors import BankMismatchError, ConfigError, settings_differ
 from .threat import ThreatModel, project_l2_box
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
@@ -330,19 +329,24 @@ class AdversarialBank:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise (:class:`BankMismatchError`) unless ``state`` can be loaded into this bank; changes nothing."""
-        meta = state.get("metadata", {})
-        mine = self.metadata()
-        diffs = []
-        for key in ("num_examples", "copies", "shape", "norm", "dtype"):
-            if list(meta.get(key) or []) != list(mine[key]) if key == "shape" else meta.get(key) != mine[key]:
-                diffs.append(f"{key}: stored {meta.get(key)!r}, this run {mine[key]!r}")
-        if meta.get("eps") is None or not math.isclose(float(meta["eps"]), mine["eps"], rel_tol=1e-9, abs_tol=0.0):
-            diffs.append(f"eps: stored {meta.get('eps')!r}, this run {mine['eps']!r}")
-        if diffs:
-            raise BankMismatchError(
-                "the stored adversarial bank does not match this run (" + "; ".join(diffs) + "). Resume with the "
-                "settings the bank was made with, or start a new run directory; the stored bank was left as it is."
-            )
+        def same(key, stored, mine) -> bool:
+            if key == "shape":
+                return list(stored or []) == list(mine)
+            if key == "eps":
+                return stored is not None and math.isclose(float(stored), mine, rel_tol=1e-9, abs_tol=0.0)
+            return stored == mine
+
+        differ = settings_differ(
+            "the stored adversarial bank does not match this run",
+            state.get("metadata", {}),
+            self.metadata(),
+            keys=("num_examples", "copies", "shape", "norm", "dtype", "eps"),
+            same=same,
+            advice="Resume with the settings the bank was made with, or start a new run directory; the stored bank "
+            "was left as it is.",
+        )
+        if differ:
+            raise BankMismatchError(differ)
         expected = {"storage": tuple(self.storage.shape), "initialized": tuple(self.initialized.shape)}
         if self.row_scale is not None and state.get("row_scale") is not None:
             expected["row_scale"] = tuple(self.row_scale.shape)

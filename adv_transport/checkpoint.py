@@ -314,6 +314,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
-    """The trained model of a run directory or ``checkpoint.pt``, in eval mode, inputs in [0, 1] with the
-    normalisation inside (as ``robustbench.utils.load_model`` returns its models). ``device`` defaults to the CPU."""
+    """The trained model of a run directory or ``checkpoint.pt``, in eval mode, normalisation inside.
+
+    Inputs in [0, 1], as ``robustbench.utils.load_model`` returns its models. ``device`` defaults to the CPU."""
     return load_run(path, device).model

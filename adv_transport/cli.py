@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint, load_run, previous_path, recover_checkpoint
-from .data import DATASET_NAMES, DATASETS, DEFAULT_IMAGE_SIZE, FOLDER_PREFIX, check_dataset_name, load_dataset
-from .errors import AdvTransportError, ConfigError
+from .data import (
+    DATASET_NAMES,
+    DATASETS,
+    DEFAULT_IMAGE_SIZE,
+    FOLDER_PREFIX,
+    check_dataset_name,
+    is_streamed,
+    load_dataset,
+)
+from .errors import AdvTransportError, ConfigError, settings_differ
 from .models import MODELS
-from .recipes import METHODS, build_training, recipe
-from .threat import ThreatModel
+from .recipes import METHODS, Recipe, recipe
+from .threat import HOST_NORMS, NORMS, ThreatModel, host_norm
 from .trainer import Trainer
+from .training import build_training
 
-DATASET_HELP = "mnist, cifar10, cifar100, svhn, imagenet or folder:<path> (an ImageFolder with train/ and val/)"
+DATASET_HELP = f"{', '.join(DATASET_NAMES)} (an ImageFolder with train/ and val/)"
 
 
 def dataset_arg(value: str) -> str:
@@ -30,9 +41,9 @@ def dataset_arg(value: str) -> str:
 
 
 def image_size_of(dataset: str, flag: int | None) -> int:
-    """The side of the images a run trains on: ``--image-size`` (imagenet and folder: datasets, default 224) or the
-    dataset's own."""
-    if dataset in DATASETS and dataset != "imagenet":
+    """The side of the images a run trains on: ``--image-size`` (streamed datasets: imagenet and folder:, default 224)
+    or the dataset's own."""
+    if not is_streamed(dataset):
         return DATASETS[dataset]["shape"][-1]
     return DEFAULT_IMAGE_SIZE if flag is None else int(flag)
 
@@ -43,28 +54,27 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-RECIPE_FLAGS = (
-    "model",
-    "eps",
-    "norm",
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "lr_schedule",
-    "clean_weight",
-    "steps",
-    "step_size",
-    "noise_scale",
-    "noise",
-    "copies",
-    "bank_dtype",
-    "bank_init",
-    "model_mode",
-    "eps_ramp",
-    "noise_mult",
-)
+def recipe_fields() -> list[dataclasses.Field]:
+    """The :class:`~adv_transport.recipes.Recipe` fields ``adv-transport train`` has a flag for (``--batch-size`` for
+    ``batch_size``): the flags are derived from the dataclass, its types, help texts and choices."""
+    return [f for f in dataclasses.fields(Recipe) if f.metadata.get("cli")]
+
+
+def _flag_type(annotation) -> type:
+    """``int`` for ``int | None``, ``float`` for ``float``, ..."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """One flag per field of :func:`recipe_fields`; unset flags keep the recipe's value."""
+    hints = typing.get_type_hints(Recipe)
+    for f in recipe_fields():
+        flag, kind = "--" + f.name.replace("_", "-"), _flag_type(hints[f.name])
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            p.add_argument(flag, type=kind, choices=f.metadata.get("choices"), help=f.metadata["help"])
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -72,36 +82,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", type=dataset_arg, default="mnist", help=DATASET_HELP)
     p.add_argument("--image-size", type=int, help="imagenet and folder: datasets: resize and centre-crop to this side")
     p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
-    p.add_argument("--model", help="mnist-cnn, preact-resnet18 or timm:<name> (default: the recipe's)")
-    p.add_argument("--eps", type=float, help="threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)")
-    p.add_argument("--norm", choices=("linf", "l2"))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--lr-schedule", choices=("onecycle", "constant"))
-    p.add_argument("--clean-weight", type=float, help="weight of an added clean loss term")
-    p.add_argument("--steps", type=int, help="Langevin steps T (atl) or PGD steps (pgd)")
-    p.add_argument("--step-size", type=float, help="Langevin step eta (atl) or attack step alpha (baselines)")
-    p.add_argument("--noise-scale", type=float, help="Langevin noise scale s")
-    p.add_argument("--noise", choices=("uniform", "gaussian"))
-    p.add_argument("--copies", type=int, help="bank copies K per example")
-    p.add_argument("--bank-dtype", choices=("float32", "float16", "int8"))
-    p.add_argument("--bank-init", choices=("zero", "uniform"))
-    p.add_argument("--eps-ramp", type=float, help="PGD, FGSM-RS, N-FGSM: grow eps from 0 over this many epochs")
-    p.add_argument("--noise-mult", type=float, help="N-FGSM: start uniform in a box of this many eps (default 2)")
-    p.add_argument(
-        "--model-mode",
-        choices=("train", "batch-stats", "eval"),
-        help="model mode during the inner step (default train; batch-stats: batch-norm running statistics untouched)",
-    )
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random crop (pad 4) and flip after adding delta (default: on for CIFAR-10)",
-    )
+    add_recipe_args(p)
     p.add_argument("--train-subset", type=int, help="train on the first N training examples only")
     p.add_argument("--eval-n", type=int, default=1000, help="held-out test points for the per-epoch PGD check")
     p.add_argument("--seed", type=int, default=0)
@@ -115,10 +96,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def make_recipe(args):
     r = recipe(args.method, args.dataset)
-    changes = {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k, None) is not None}
-    if getattr(args, "augment", None) is not None:
-        changes["augment"] = args.augment
-    r = r.replace(**changes)
+    changes = {f.name: getattr(args, f.name, None) for f in recipe_fields()}
+    r = r.replace(**changes)  # None: the recipe's value
     check_recipe(r)
     return r
 
@@ -191,20 +170,16 @@ def run_train(args) -> Trainer:
         if note:
             print(f"adv-transport train: {note}", file=sys.stderr)
         stored = load_checkpoint(ckpt, fallback=False).get("config", {})
-        diffs = {
-            k: (stored.get("recipe", {}).get(k), v)
-            for k, v in config["recipe"].items()
-            if stored.get("recipe", {}).get(k) != v
-        }
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
-        diffs.update({k: (stored.get(k), config[k]) for k in keys if stored.get(k) != config[k]})
-        if diffs:
-            text = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in diffs.items())
-            raise ConfigError(
-                f"cannot resume {ckpt}: the settings differ ({text}). Resume with the stored settings "
-                "or choose another --out; the checkpoint was left as it is."
-            )
-    size = image_size if r.dataset == "imagenet" or r.dataset.startswith(FOLDER_PREFIX) else None
+        differ = settings_differ(
+            f"cannot resume {ckpt}",
+            {**stored.get("recipe", {}), **{k: stored.get(k) for k in keys}},
+            {**config["recipe"], **{k: config[k] for k in keys}},
+            advice="Resume with the stored settings or choose another --out; the checkpoint was left as it is.",
+        )
+        if differ:
+            raise ConfigError(differ)
+    size = image_size if is_streamed(r.dataset) else None
     workers = getattr(args, "workers", None)
     train = load_dataset(r.dataset, "train", args.data_dir, image_size=size, num_workers=workers)
     train = train.subset(args.train_subset)
@@ -254,8 +229,7 @@ def run_eval(args) -> dict:
     if dataset != r["dataset"]:
         raise ConfigError(f"the checkpoint was trained on {r['dataset']}, not {dataset}")
     threat = ThreatModel(args.norm or r["norm"], args.eps if args.eps is not None else r["eps"])
-    streamed = dataset == "imagenet" or dataset.startswith(FOLDER_PREFIX)
-    size = run.config.get("image_size") if streamed else None
+    size = run.config.get("image_size") if is_streamed(dataset) else None
     test = load_dataset(dataset, "test", args.data_dir, image_size=size, num_workers=args.workers)
     steps, step_size = pgd_defaults(dataset, threat)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -305,7 +279,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-examples", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--eps", type=float)
-    p.add_argument("--norm", choices=("linf", "l2"))
+    p.add_argument("--norm", choices=NORMS)
     p.add_argument("--pgd-steps", type=int)
     p.add_argument("--pgd-step-size", type=float)
     p.add_argument("--pgd-restarts", type=int, default=1)
@@ -320,7 +294,7 @@ def run_demo(args) -> None:
     from .plots import plot_history
 
     train_args = argparse.Namespace(**{**vars(args), "method": "atl", "dataset": "mnist", "resume": True})
-    for k in RECIPE_FLAGS + ("augment", "train_subset"):
+    for k in [f.name for f in recipe_fields()] + ["train_subset"]:
         if not hasattr(train_args, k):
             setattr(train_args, k, None)
     trainer = run_train(train_args)
@@ -356,7 +330,7 @@ def run_submit(args) -> dict:
     if args.reported is not None:
         card["reported"] = f"{args.reported:.2f}"
     dataset = args.dataset or run.recipe.get("dataset")
-    threat_model = args.threat_model or {"linf": "Linf", "l2": "L2"}.get(run.recipe.get("norm"), "Linf")
+    threat_model = args.threat_model or host_norm(run.recipe.get("norm", "linf"))
     paths = export_submission(run, args.name, dataset, threat_model, args.out, report=run.evaluation, card=card)
     for what, path in paths.items():
         print(f"{what}: {path}")
@@ -373,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="export a RobustBench submission (checkpoint, model card, zoo entry)")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder (its eval.json fills the card)")
     p.add_argument("--name", required=True, help="<Name><Year><Word>, e.g. Doe2026Langevin")
-    p.add_argument("--dataset", choices=("cifar10", "cifar100", "imagenet"), help="default: the checkpoint's")
-    p.add_argument("--threat-model", choices=("Linf", "L2"), help="as RobustBench spells it (default: the run's norm)")
+    p.add_argument("--dataset", type=dataset_arg, help="one with a RobustBench leaderboard (default: the checkpoint's)")
+    p.add_argument(
+        "--threat-model", choices=tuple(HOST_NORMS.values()), help="as RobustBench spells it (default: the run's norm)"
+    )
     p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
     p.add_argument("--authors")
     p.add_argument("--link")

@@ -36,49 +36,31 @@ import torch
 
 from .errors import ConfigError
 
-# shape, class count, mean/std (the normalisation inside the model), and whether horizontal flips belong to the
-# augmentation (not for digits). ``folder:<path>`` takes its classes from the folder and computes its statistics.
-DATASETS: dict[str, dict] = {
-    "mnist": {"shape": (1, 28, 28), "classes": 10, "mean": (0.1307,), "std": (0.3081,), "flip": False},
-    "cifar10": {
-        "shape": (3, 32, 32),
-        "classes": 10,
-        "mean": (0.4914, 0.4822, 0.4465),
-        "std": (0.2471, 0.2435, 0.2616),
-        "flip": True,
-    },
-    "cifar100": {
-        "shape": (3, 32, 32),
-        "classes": 100,
-        "mean": (0.5071, 0.4865, 0.4409),
-        "std": (0.2673, 0.2564, 0.2762),
-        "flip": True,
-    },
-    "svhn": {
-        "shape": (3, 32, 32),
-        "classes": 10,
-        "mean": (0.4377, 0.4438, 0.4728),
-        "std": (0.1980, 0.2010, 0.1970),
-        "flip": False,
-    },
-    "imagenet": {
-        "shape": (3, 224, 224),
-        "classes": 1000,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "flip": True,
-    },
-}
-FOLDER_PREFIX = "folder:"
-DATASET_NAMES = (*DATASETS, "folder:<path>")
-SPLITS = ("train", "test")
-_FILES = {
-    "mnist": ["mnist.npz"],
-    "cifar10": ["cifar10.npz", "cifar10_jpeg_lossy.npz"],
-    "cifar100": ["cifar100.npz"],
-    "svhn": ["svhn.npz"],
-}
 DEFAULT_IMAGE_SIZE = 224
+FOLDER_PREFIX = "folder:"
+SPLITS = ("train", "test")
+
+
+def _spec(shape, classes, mean, std, flip, files=(), torchvision=None) -> dict:
+    return {"shape": shape, "classes": classes, "mean": mean, "std": std, "flip": flip, "files": files,
+            "torchvision": torchvision, "streamed": not files}
+
+
+# The one list of named datasets: shape, class count, mean/std (the normalisation inside the model), whether
+# horizontal flips belong to the augmentation (not for digits), the .npz files read in that order and the torchvision
+# class downloaded without them. A dataset without files (ImageNet) is streamed from an image folder, as are
+# ``folder:<path>`` datasets, which take their classes from the folder and compute their statistics.
+DATASETS: dict[str, dict] = {
+    "mnist": _spec((1, 28, 28), 10, (0.1307,), (0.3081,), False, ("mnist.npz",), "MNIST"),
+    "cifar10": _spec((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True,
+                     ("cifar10.npz", "cifar10_jpeg_lossy.npz"), "CIFAR10"),
+    "cifar100": _spec((3, 32, 32), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
+                      ("cifar100.npz",), "CIFAR100"),
+    "svhn": _spec((3, 32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False, ("svhn.npz",), "SVHN"),
+    "imagenet": _spec((3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE), 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                      True),
+}
+DATASET_NAMES = (*DATASETS, f"{FOLDER_PREFIX}<path>")
 
 
 def check_dataset_name(name: str) -> str:
@@ -88,6 +70,12 @@ def check_dataset_name(name: str) -> str:
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX) and len(name) > len(FOLDER_PREFIX):
         return name
     raise ConfigError(f"unknown dataset {name!r}; accepted: {', '.join(DATASET_NAMES)}")
+
+
+def is_streamed(name: str) -> bool:
+    """Whether dataset ``name`` is read from an image folder one image at a time (``imagenet``, ``folder:<path>``)
+    rather than held in memory; its images are resized to ``image_size``."""
+    return name.startswith(FOLDER_PREFIX) or DATASETS[name]["streamed"]
 
 
 def dataset_flip(name: str) -> bool:
@@ -233,17 +221,16 @@ def interleave_by_class(labels: np.ndarray) -> np.ndarray:
 def _from_torchvision(name: str, split: str, root: Path) -> IndexedDataset:
     import torchvision  # lazily: only needed without local files
 
-    tv = torchvision.datasets
+    cls = getattr(torchvision.datasets, DATASETS[name]["torchvision"])
     try:
         if name == "svhn":
-            ds = tv.SVHN(root=str(root), split=split, download=True)
+            ds = cls(root=str(root), split=split, download=True)
         else:
-            cls = {"mnist": tv.MNIST, "cifar10": tv.CIFAR10, "cifar100": tv.CIFAR100}[name]
             ds = cls(root=str(root), train=(split == "train"), download=True)
     except (RuntimeError, OSError) as e:  # no network, or a failed checksum
         raise ConfigError(
             f"could not download {name} through torchvision into {root} ({str(e).splitlines()[0]}). Point --data-dir "
-            f"or ADV_TRANSPORT_DATA at a folder holding {' or '.join(_FILES[name])}."
+            f"or ADV_TRANSPORT_DATA at a folder holding {' or '.join(DATASETS[name]['files'])}."
         ) from None
     data = ds.data if isinstance(ds.data, np.ndarray) else ds.data.numpy()
     if data.ndim == 3:
@@ -255,8 +242,10 @@ def _from_torchvision(name: str, split: str, root: Path) -> IndexedDataset:
 
 
 class FolderDataset:
-    """An image folder read from disk one example at a time: item ``i`` is ``(x_i in [0, 1], y_i, i)``, ``i`` the
-    position in torchvision ImageFolder's sorted file list. Every image is resized (short side
+    """An image folder read from disk one example at a time, with stable per-example indices.
+
+    Item ``i`` is ``(x_i in [0, 1], y_i, i)``, ``i`` the position in torchvision ImageFolder's sorted file list.
+    Every image is resized (short side
     ``image_size * 256 / 224``) and centre-cropped to ``image_size`` x ``image_size`` RGB.
 
     ``class_to_idx`` (the train split's) fixes the labels of the val split. :class:`IndexedBatches` streams it
@@ -403,13 +392,15 @@ def load_dataset(
     image_size: int | None = None,
     num_workers: int | None = None,
 ):
-    """Load a dataset split (``train`` or ``test``; the ``val/`` folder of image folders) by name: ``mnist``,
-    ``cifar10``, ``cifar100``, ``svhn`` (in memory, :class:`IndexedDataset`), ``imagenet`` or ``folder:<path>``
-    (streamed from disk, :class:`FolderDataset`; ``image_size`` defaults to 224, ``num_workers`` to one per core)."""
+    """Load a dataset split by name (a key of :data:`DATASETS` or ``folder:<path>``), with stable indices.
+
+    ``split``: ``train`` or ``test`` (the ``val/`` folder of image folders). In memory (:class:`IndexedDataset`)
+    unless :func:`is_streamed` (``imagenet``, ``folder:<path>``: read from disk, :class:`FolderDataset`;
+    ``image_size`` defaults to 224, ``num_workers`` to one per core)."""
     check_dataset_name(name)
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
-    if name == "imagenet" or name.startswith(FOLDER_PREFIX):
+    if is_streamed(name):
         return _folder_dataset(name, split, data_dir, image_size, num_workers)
     if image_size is not None and image_size != DATASETS[name]["shape"][-1]:
         raise ConfigError(
@@ -418,13 +409,13 @@ def load_dataset(
         )
     root = default_data_dir(data_dir)
     if root is not None:
-        for fname in _FILES[name]:
+        for fname in DATASETS[name]["files"]:
             if (root / fname).is_file():
                 return _from_npz(root / fname, name, split)
     if not download:
         raise ConfigError(
-            f"no {' or '.join(_FILES[name])} in {root} and download is off; set --data-dir / ADV_TRANSPORT_DATA to a "
-            "folder holding it, or allow the torchvision download"
+            f"no {' or '.join(DATASETS[name]['files'])} in {root} and download is off; set --data-dir / "
+            "ADV_TRANSPORT_DATA to a folder holding it, or allow the torchvision download"
         )
     return _from_torchvision(name, split, root or Path.home() / ".cache" / "adv_transport")
 

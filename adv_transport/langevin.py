@@ -1,4 +1,7 @@
-"""Projected Langevin sampling of the entropic worst-case distribution (SPEC section 1).
+"""Projected Langevin sampling of the entropic worst-case distribution.
+
+The distribution is ``p*(x_adv | x, y) ∝ exp(lambda * CE(f(x_adv), y)) * 1{x_adv in the threat ball around x}``: the
+adversary's best response when it pays an entropy price ``1 / lambda`` for concentrating its mass.
 
 One step, for inputs ``x`` with labels ``y`` and current samples ``x_adv = x + delta``::
 
@@ -8,7 +11,8 @@ One step, for inputs ``x`` with labels ``y`` and current samples ``x_adv = x + d
 
 where ``Proj`` is the Euclidean projection onto the threat ball around ``x`` intersected with the box [0, 1]^d
 (:meth:`ThreatModel.delta_to`) and d is the number of input values of one example.
-``eta`` (step size) and ``s`` (noise scale) may be numbers or schedules of the training progress in epochs.
+``eta`` (the step size; the sampler's argument ``eta``) and ``s`` (noise scale) may be numbers or schedules of the
+training progress in epochs.
 
 The noise parametrisation. The drift has norm eta in the threat norm: sign(g) moves every coordinate by eta (l-inf),
 g / ||g||_2 moves the point by eta in l2. The noise is scaled so that it is measured in the same norm:
@@ -34,13 +38,14 @@ gradient ascent). With uniform xi (variance 1/3 per coordinate) replace s^2 by s
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 
 from .attacks import input_gradient
 from .errors import ConfigError
-from .modes import check_mode, model_mode
+from .modes import check_model_mode, model_mode
 from .schedules import Schedule, value_at
 from .threat import ThreatModel
 
@@ -52,7 +57,8 @@ class LangevinSampler:
 
     Args:
         threat: the ball the samples live in.
-        step_size: eta, a number or a schedule ``t -> eta`` (t = progress in epochs).
+        eta: the step size, a number or a schedule ``t -> eta`` (t = progress in epochs). (``step_size=``: its former
+            name, deprecated; attacks keep calling their step ``step_size``/alpha.)
         noise_scale: s, a number or a schedule. The noise added per step is ``s * sqrt(2 * eta) * xi`` per coordinate
             for l-inf and ``s * sqrt(2 * eta) * xi / sqrt(d)`` for l2 (d input values per example), so that its norm
             keeps the same ratio to the drift (of norm eta) in any dimension; see the module docstring.
@@ -68,28 +74,39 @@ class LangevinSampler:
     def __init__(
         self,
         threat: ThreatModel,
-        step_size: Schedule = 0.01,
+        eta: Schedule = 0.01,
         noise_scale: Schedule = 0.2,
         steps: int = 1,
         noise: str = "uniform",
         model_mode: str = "train",
+        *,
+        step_size: Schedule | None = None,
     ):
+        if step_size is not None:
+            warnings.warn("LangevinSampler(step_size=...) is deprecated: use eta=...", DeprecationWarning, stacklevel=2)
+            eta = step_size
         if noise not in NOISES:
             raise ConfigError(f"noise {noise!r} is not accepted; accepted: {', '.join(NOISES)}")
         if int(steps) < 1:
             raise ConfigError(f"Langevin steps (T) must be >= 1, got {steps!r}")
         self.threat = threat
-        self.step_size = step_size
+        self.eta = eta
         self.noise_scale = noise_scale
         self.steps = int(steps)
         self.noise = noise
-        self.model_mode = check_mode(model_mode)
+        self.model_mode = check_model_mode(model_mode)
         self._check_values(0.0)
 
+    @property
+    def step_size(self) -> Schedule:
+        """Deprecated: :attr:`eta`."""
+        warnings.warn("LangevinSampler.step_size is deprecated: use .eta", DeprecationWarning, stacklevel=2)
+        return self.eta
+
     def _check_values(self, t: float) -> tuple[float, float]:
-        eta, s = value_at(self.step_size, t), value_at(self.noise_scale, t)
+        eta, s = value_at(self.eta, t), value_at(self.noise_scale, t)
         if not math.isfinite(eta) or eta <= 0:
-            raise ConfigError(f"Langevin step size must be > 0, got {eta!r} at progress t={t:g}")
+            raise ConfigError(f"Langevin eta: the step size must be > 0, got {eta!r} at progress t={t:g}")
         if not math.isfinite(s) or s < 0:
             raise ConfigError(f"Langevin noise scale must be >= 0, got {s!r} at progress t={t:g}")
         return eta, s

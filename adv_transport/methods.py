@@ -27,11 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import input_gradient, pgd
+from .attacks import fgsm, pgd
 from .bank import AdversarialBank
 from .errors import ConfigError
 from .langevin import LangevinSampler
-from .modes import check_mode, model_mode
+from .modes import check_model_mode, model_mode
 from .schedules import value_at
 from .threat import ThreatModel
 
@@ -51,8 +51,10 @@ def _check_ramp(eps_ramp: float) -> float:
 
 
 class InnerStep:
-    """Base class. ``perturb`` returns the inputs to train on; ``commit`` is called once the parameter step
-    succeeded (ATL writes its bank there, so a failed step leaves the bank untouched).
+    """Base class of the inner steps: how a method turns a clean batch into the batch the model is trained on.
+
+    ``perturb`` returns the inputs to train on; ``commit`` is called once the parameter step succeeded (ATL writes
+    its bank there, so a failed step leaves the bank untouched).
 
     ``regularizer(logits, y)`` may return an extra training-loss term computed from the logits of the perturbed batch
     (FGSM-PGI's output consistency); ``extra_param_passes`` counts the additional backward passes through the model
@@ -86,10 +88,14 @@ class InnerStep:
         pass
 
     def describe(self) -> dict[str, Any]:
+        """The settings of this inner step, under the :class:`~adv_transport.recipes.Recipe` field names (stored in
+        checkpoints as ``method_info`` and in the benchmarks' results)."""
         return {"method": self.name}
 
 
 class Clean(InnerStep):
+    """No perturbation: standard training through the same loop (the baseline without an inner step)."""
+
     name = "clean"
 
     def perturb(self, model, x, y, idx, t):
@@ -97,9 +103,14 @@ class Clean(InnerStep):
 
 
 class _Attacked(InnerStep):
+    """An inner step computed by an attack: a threat with an optional eps warm-up, and a model mode.
+    ``described``: the attributes :meth:`describe` reports besides the method, model mode and warm-up."""
+
+    described: tuple[str, ...] = ()
+
     def __init__(self, threat: ThreatModel, model_mode: str = "train", eps_ramp: float = 0.0):
         self.threat = threat
-        self.model_mode = check_mode(model_mode)
+        self.model_mode = check_model_mode(model_mode)
         self.eps_ramp = _check_ramp(eps_ramp)
 
     def threat_at(self, t: float) -> ThreatModel:
@@ -107,11 +118,16 @@ class _Attacked(InnerStep):
         eps = 0.3 leave chance level)."""
         return warmed_up(self.threat, t, self.eps_ramp)
 
+    def describe(self):
+        settings = {k: getattr(self, k) for k in self.described}
+        return {"method": self.name, **settings, "model_mode": self.model_mode, "eps_ramp_epochs": self.eps_ramp}
+
 
 class PGD(_Attacked):
     """PGD-k adversarial training with a uniform random start."""
 
     name = "pgd"
+    described = ("steps", "step_size")
 
     def __init__(
         self,
@@ -131,20 +147,13 @@ class PGD(_Attacked):
         with model_mode(model, self.model_mode):
             return pgd(model, x, y, self.threat_at(t), self.steps, self.step_size, random_start=True)
 
-    def describe(self):
-        return {
-            "method": self.name,
-            "steps": self.steps,
-            "step_size": self.step_size,
-            "model_mode": self.model_mode,
-            "eps_ramp_epochs": self.eps_ramp,
-        }
 
 
 class FGSMRS(_Attacked):
     """FGSM from a uniform random start in the ball, step ``alpha`` (default 1.25 eps), projected."""
 
     name = "fgsm-rs"
+    described = ("step_size",)
     input_grad_passes = 1
 
     def __init__(
@@ -156,24 +165,16 @@ class FGSMRS(_Attacked):
     def perturb(self, model, x, y, idx, t):
         threat = self.threat_at(t)
         step = self.step_size * threat.eps / self.threat.eps
-        x_start = x + threat.uniform(x)
         with model_mode(model, self.model_mode):
-            grad, _ = input_gradient(model, x_start, y)
-        return threat.clip(x, x_start + step * threat.direction(grad)).detach()
+            return fgsm(model, x, y, threat, step, start=x + threat.uniform(x))
 
-    def describe(self):
-        return {
-            "method": self.name,
-            "step_size": self.step_size,
-            "model_mode": self.model_mode,
-            "eps_ramp_epochs": self.eps_ramp,
-        }
 
 
 class NFGSM(_Attacked):
     """N-FGSM: noise of k*eps, a step of ``alpha`` (default eps), clipped to [0, 1] but not to the eps ball."""
 
     name = "n-fgsm"
+    described = ("step_size", "noise_mult")
     input_grad_passes = 1
 
     def __init__(
@@ -197,22 +198,32 @@ class NFGSM(_Attacked):
         else:
             x_start = x + ThreatModel(threat.norm, threat.eps * self.noise_mult).uniform(x)
         with model_mode(model, self.model_mode):
-            grad, _ = input_gradient(model, x_start, y)
-        return (x_start + self.step_size * scale * threat.direction(grad)).clamp(0, 1).detach()
-
-    def describe(self):
-        return {
-            "method": self.name,
-            "step_size": self.step_size,
-            "noise_mult": self.noise_mult,
-            "model_mode": self.model_mode,
-            "eps_ramp_epochs": self.eps_ramp,
-        }
+            return fgsm(model, x, y, threat, self.step_size * scale, start=x_start, project=False)
 
 
-class ATL(InnerStep):
-    """Langevin adversarial transport: read delta from the bank, advance it T Langevin steps, and (on commit)
-    write it back.
+
+class _Stored:
+    """Mixin of the inner steps that keep per-example perturbations between visits: they forget them all at the start
+    of every ``reset_every``-th epoch (0 = never); ``_cycle`` is the reset period the stored ones belong to."""
+
+    reset_every = 0
+    _cycle = 0
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+    def _maybe_reset(self, t: float) -> None:
+        if self.reset_every:
+            cycle = int(t) // self.reset_every
+            if cycle != self._cycle:
+                self._forget()
+                self._cycle = cycle
+
+
+class ATL(_Stored, InnerStep):
+    """Langevin adversarial transport: each example's chain read from the bank, advanced, written back.
+
+    Per visit: read delta from the bank, advance it T Langevin steps, and (on commit) write it back.
 
     Args:
         bank, sampler: the bank of chains and the Langevin sampler (same threat).
@@ -236,12 +247,8 @@ class ATL(InnerStep):
         self._cycle = 0  # index of the reset period the bank's contents belong to
         self._pending = None
 
-    def _maybe_reset(self, t: float) -> None:
-        if self.reset_every:
-            cycle = int(t) // self.reset_every
-            if cycle != self._cycle:
-                self.bank.reset()
-                self._cycle = cycle
+    def _forget(self) -> None:
+        self.bank.reset()
 
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
@@ -273,7 +280,7 @@ class ATL(InnerStep):
         return {
             "method": self.name,
             "steps": s.steps,
-            "step_size": s.step_size if not callable(s.step_size) else repr(s.step_size),
+            "step_size": s.eta if not callable(s.eta) else repr(s.eta),  # the recipe's name: eta for ATL
             "noise_scale": s.noise_scale if not callable(s.noise_scale) else repr(s.noise_scale),
             "noise": s.noise,
             "model_mode": s.model_mode,
@@ -327,9 +334,10 @@ class FreeATL(ATL):
 
 
 class ATTA(ATL):
-    """ATTA (Zheng et al. 2020): the stored perturbation advanced by one projected signed step of ``step_size`` per
-    visit, without noise, and reset every ``reset_every`` epochs. It is ATL's loop with a noiseless, one-step chain:
-    the sampler must have ``noise_scale = 0`` and ``steps = 1``."""
+    """ATTA (Zheng et al. 2020): a stored perturbation advanced one noiseless signed step per visit.
+
+    The step is projected, of size the sampler's ``eta``, and the bank is reset every ``reset_every`` epochs. It is
+    ATL's loop with a noiseless, one-step chain: the sampler must have ``noise_scale = 0`` and ``steps = 1``."""
 
     name = "atta"
 
@@ -339,7 +347,7 @@ class ATTA(ATL):
         super().__init__(bank, sampler, eps_ramp, reset_every)
 
 
-class FGSMPGI(_Attacked):
+class FGSMPGI(_Stored, _Attacked):
     """FGSM-PGI, the momentum-prior variant (Jia et al., ECCV 2022, "FGSM-MEP"), with per-example state.
 
     Per visit, with stored perturbation ``d`` and momentum ``m`` of each example (``g`` the input gradient of the
@@ -355,6 +363,7 @@ class FGSMPGI(_Attacked):
     """
 
     name = "fgsm-pgi"
+    described = ("step_size", "lam", "decay", "reset_every")
     input_grad_passes = 1
     extra_param_passes = 1
 
@@ -388,12 +397,8 @@ class FGSMPGI(_Attacked):
         self._pending = None
         self._prior_logits = None
 
-    def _maybe_reset(self, t: float) -> None:
-        if self.reset_every:
-            cycle = int(t) // self.reset_every
-            if cycle != self._cycle:
-                self.initialized.zero_()
-                self._cycle = cycle
+    def _forget(self) -> None:
+        self.initialized.zero_()
 
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
@@ -456,13 +461,3 @@ class FGSMPGI(_Attacked):
         self.generator.set_state(state["generator"])
         self._cycle = int(state.get("cycle", 0))
 
-    def describe(self):
-        return {
-            "method": self.name,
-            "step_size": self.step_size,
-            "lam": self.lam,
-            "decay": self.decay,
-            "reset_every": self.reset_every,
-            "model_mode": self.model_mode,
-            "eps_ramp_epochs": self.eps_ramp,
-        }

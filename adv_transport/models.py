@@ -13,11 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import DATASETS, check_dataset_name
+from .data import DATASETS, DEFAULT_IMAGE_SIZE, check_dataset_name
 from .errors import ConfigError
 
-# mean and std per channel of each named dataset (``folder:`` datasets: computed from their images)
-STATS = {name: (spec["mean"], spec["std"]) for name, spec in DATASETS.items()}
 MODELS = ("mnist-cnn", "small-cnn", "preact-resnet18", "timm:<name>")
 
 
@@ -99,6 +97,7 @@ class PreActResNet(nn.Module):
 
 
 def PreActResNet18(in_channels: int = 3, num_classes: int = 10, width: int = 64) -> PreActResNet:
+    """The CIFAR PreAct-ResNet-18 (He et al. 2016) of Wong et al. 2020 and RobustBench, without normalisation."""
     return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
@@ -129,7 +128,7 @@ def build_model(
             raise ConfigError(f"{dataset}: pass num_classes= (a folder dataset's classes come from its folders)")
         num_classes = spec["classes"]
     if image_size is None:
-        image_size = spec["shape"][-1] if spec is not None else 224
+        image_size = spec["shape"][-1] if spec is not None else DEFAULT_IMAGE_SIZE
     channels = len(mean)
     if name in ("mnist-cnn", "small-cnn"):
         net = MnistCNN(channels, num_classes, image_size)

@@ -1,5 +1,8 @@
 """Which mode (train or eval) a model is in while adversarial examples are computed, and while it is trained.
 
+"Mode" in this library means this, a model's mode, always spelled ``model_mode``; the order of a GAN's updates is
+``order`` (:mod:`adv_transport.gan`), and targeting keeps the host libraries' words in the plugins.
+
 A model whose root module is in train mode is taken to be in its training configuration: a submodule in eval mode
 under it was frozen on purpose (``model.bn.eval()``, a frozen backbone) and stays in eval mode. A model whose root is
 in eval mode (``model.eval()``) is switched to train mode as a whole when train mode is asked for.
@@ -27,7 +30,8 @@ from .errors import ConfigError
 MODEL_MODES = ("train", "eval", "keep", "batch-stats")
 
 
-def check_mode(mode: str) -> str:
+def check_model_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`MODEL_MODES`, else a :class:`ConfigError` listing them."""
     if mode not in MODEL_MODES:
         raise ConfigError(f"model_mode {mode!r} is not accepted; accepted: {', '.join(MODEL_MODES)}")
     return mode
@@ -64,7 +68,7 @@ def ensure_mode(model: nn.Module, training: bool) -> None:
 def model_mode(model: nn.Module, mode: str):
     """Put ``model`` in ``mode`` ('train', 'batch-stats', 'eval' or 'keep' as it is; see the module docstring);
     afterwards every module gets back the mode (and batch-norm flags) it had before."""
-    check_mode(mode)
+    check_model_mode(mode)
     if mode == "keep":
         yield model
         return

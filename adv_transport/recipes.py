@@ -1,10 +1,10 @@
-"""Documented training recipes: the settings each method is run with by default, per dataset.
+"""Documented training recipes, as data: the settings each method is run with by default, per dataset.
 
 Every method goes through the same :class:`~adv_transport.trainer.Trainer`; only the inner step and the settings
-below differ. The MNIST recipes were chosen by measurement on the small MNIST CNN (see README, "Recipes").
-The CIFAR-10 recipes follow Wong et al. 2020 (PreAct-ResNet-18, SGD with a one-cycle learning rate, crop and flip);
-ATL's Langevin step there (eta = eps / 2 per visit, s = 0.2, uniform start) was chosen on the small CNN of the CPU
-benchmark (JPEG-lossy copy), not on PreAct-ResNet-18.
+below differ. :mod:`adv_transport.training` turns a :class:`Recipe` into a training run. The MNIST recipes were chosen
+by measurement on the small MNIST CNN (the runs are in the README, "Recipes"). The CIFAR-10 recipes follow Wong et al.
+2020 (PreAct-ResNet-18, SGD with a one-cycle learning rate, crop and flip); ATL's Langevin step there was chosen on
+the small CNN of the CPU benchmark (JPEG-lossy copy), not on PreAct-ResNet-18.
 """
 
 from __future__ import annotations
@@ -13,61 +13,74 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from .bank import AdversarialBank
+from .bank import DTYPES, INITS
 from .errors import ConfigError
-from .langevin import LangevinSampler
-from .methods import ATL, ATTA, FGSMPGI, FGSMRS, NFGSM, PGD, Clean, FreeATL, InnerStep
-from .threat import ThreatModel
+from .langevin import NOISES
+from .modes import MODEL_MODES
+from .threat import NORMS
+from .trainer import LOSSES, SELECTIONS
 
 METHODS = ("atl", "pgd", "fgsm-rs", "n-fgsm", "fgsm-pgi", "atta", "free-atl", "clean")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("onecycle", "constant")
 
 
+def _setting(default, help: str, choices=None, cli: bool = True):
+    """A recipe field with its command-line description: ``adv-transport train`` has one flag per field with
+    ``cli=True`` (``--batch-size`` for ``batch_size``), typed from the annotation, with these ``choices``."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+
+
 @dataclass
 class Recipe:
-    """Everything that decides a training run besides the model and the data."""
+    """Everything that decides a training run besides the model and the data.
 
-    method: str
-    dataset: str
-    model: str
-    eps: float
-    norm: str = "linf"
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 3e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "onecycle"
-    pct_start: float = 0.4
-    clean_weight: float = 0.0
-    augment: bool = False
+    ``step_size`` is the inner step's step size: the Langevin step eta for ``atl`` and ``atta``, the attack step
+    alpha for ``pgd``, ``fgsm-rs``, ``n-fgsm`` and ``fgsm-pgi`` (``--step-size`` for both)."""
+
+    method: str = field(metadata={"help": "inner step", "choices": METHODS, "cli": False})
+    dataset: str = field(metadata={"help": "dataset name", "cli": False})
+    model: str = field(metadata={"help": "mnist-cnn, small-cnn, preact-resnet18 or timm:<name>", "cli": True})
+    eps: float = field(metadata={"help": "threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)", "cli": True})
+    norm: str = _setting("linf", "threat norm", NORMS)
+    epochs: int = _setting(10, "training epochs")
+    batch_size: int = _setting(128, "mini-batch size")
+    optimizer: str = _setting("adam", "optimizer", OPTIMIZERS)
+    lr: float = _setting(3e-3, "peak learning rate")
+    momentum: float = _setting(0.9, "SGD momentum (Nesterov when > 0)")
+    weight_decay: float = _setting(0.0, "weight decay")
+    lr_schedule: str = _setting("onecycle", "learning-rate schedule, stepped per batch", LR_SCHEDULES)
+    pct_start: float = _setting(0.4, "one-cycle schedule: share of the steps spent warming up")
+    clean_weight: float = _setting(0.0, "weight of an added clean loss term")
+    augment: bool = _setting(False, "random crop (pad 4) and flip after adding delta (default: on for CIFAR)")
     # inner-step settings (see adv_transport.methods); None means "the method's default"
-    steps: int | None = None
-    step_size: float | None = None
-    noise_scale: float = 0.2
-    noise: str = "uniform"
-    copies: int = 1
-    bank_dtype: str = "float32"
-    bank_init: str = "zero"
-    model_mode: str = "train"
-    eps_ramp: float = 0.0  # epochs over which PGD's eps grows linearly from 0 (0 = no warm-up)
-    noise_mult: float = 2.0  # N-FGSM: the start is uniform in a box of noise_mult * eps
-    reset_every: int | None = None  # ATL/ATTA/FGSM-PGI: forget the stored perturbations every this many epochs
-    pgi_lam: float = 10.0  # FGSM-PGI: weight of the output-consistency term
-    pgi_decay: float = 0.3  # FGSM-PGI: gradient momentum decay
+    steps: int | None = _setting(None, "Langevin steps T (atl) or PGD steps (pgd)")
+    step_size: float | None = _setting(None, "the inner step's step size: Langevin eta (atl, atta) or attack alpha")
+    noise_scale: float = _setting(0.2, "Langevin noise scale s")
+    noise: str = _setting("uniform", "Langevin noise", NOISES)
+    copies: int = _setting(1, "bank copies K per example")
+    bank_dtype: str = _setting("float32", "bank storage dtype", tuple(DTYPES))
+    bank_init: str = _setting("zero", "bank start: clean (zero) or uniform in the ball", INITS)
+    model_mode: str = _setting(
+        "train", "model mode during the inner step (batch-stats: batch-norm running statistics untouched)", MODEL_MODES
+    )
+    eps_ramp: float = _setting(0.0, "grow eps linearly from 0 over this many epochs (0 = no warm-up)")
+    noise_mult: float = _setting(2.0, "N-FGSM: start uniform in a box of this many eps")
+    reset_every: int | None = _setting(None, "atl, atta, fgsm-pgi: forget the stored perturbations every N epochs")
+    pgi_lam: float = _setting(10.0, "FGSM-PGI: weight of the output-consistency term")
+    pgi_decay: float = _setting(0.3, "FGSM-PGI: gradient momentum decay")
     # tricks available to every method (all off by default)
-    label_smoothing: float = 0.0
-    loss: str = "ce"  # or "trades" (clean CE + trades_beta * KL(clean || adversarial))
-    trades_beta: float = 6.0
-    ema_decay: float | None = None  # weight averaging: EMA of the parameters, the averaged model is evaluated
-    select: str = "last"  # or "best": the epoch with the best PGD accuracy on the validation split
-    early_stop_drop: float | None = None  # stop when validation PGD accuracy falls this many points below its best
-    replay: int = 1  # train on each batch this many times in a row (Free-AT's replay)
-    extra: dict[str, Any] = field(default_factory=dict)
+    label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
+    loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)
+    trades_beta: float = _setting(6.0, "TRADES: weight of the KL term")
+    ema_decay: float | None = _setting(None, "weight averaging: EMA of the parameters, the averaged model evaluated")
+    # model selection reads a validation split of the training set, which only the Python API holds out
+    select: str = _setting("last", "best: the epoch with the best validation PGD accuracy", SELECTIONS, cli=False)
+    early_stop_drop: float | None = _setting(
+        None, "stop when validation PGD accuracy falls this many points below its best", cli=False
+    )
+    replay: int = _setting(1, "train on each batch this many times in a row (Free-AT's replay; epochs / replay)")
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes", "cli": False})
 
     def tricks(self) -> list[str]:
         """The tricks this recipe uses, as short labels (for result tables)."""
@@ -117,37 +130,35 @@ _CIFAR = dict(
 )
 
 RECIPES: dict[tuple[str, str], Recipe] = {
-    # ATL: chains start uniform in the ball and move eta = 0.1 per visit. Measured (README, "Recipes"): with the
-    # authors' eta = 0.01 from a clean start robustness only takes off after ~30 epochs; eta = 0.03 from a clean start
-    # reached 88.8 % PGD-40 after 15 epochs; from a uniform start, 20 epochs, AutoAttack on 1000 test points:
-    # eta = 0.05 83.6-84.9 %, eta = 0.1 87.1 % (and 93.5 % PGD-40 five epochs sooner), eta = 0.15 87.1 %; s = 0.5 or
-    # Gaussian noise were worse.
+    # ATL: chains start uniform in the ball and take a large step per visit. A chain moves at most eta per visit, so
+    # the authors' small eta from a clean start needs many epochs before the chains reach the eps surface and
+    # robustness takes off; a uniform start and a larger eta remove that delay. The eta chosen was the smallest among
+    # those with the best AutoAttack accuracy; more noise or Gaussian noise was weaker (the runs: README, "Recipes").
     ("atl", "mnist"): Recipe("atl", **_MNIST, epochs=20, steps=1, step_size=0.1, noise_scale=0.2, bank_init="uniform"),
     # free ATL: ATL's chain settings, the chain advanced by the training pass's own input gradient
     ("free-atl", "mnist"): Recipe(
         "free-atl", **_MNIST, epochs=20, steps=1, step_size=0.1, noise_scale=0.2, bank_init="uniform"
     ),
-    # PGD-40 AT at eps = 0.3 from scratch stays at chance (measured: loss 2.30 after 3 epochs on 10k images), and so
-    # did N-FGSM; growing eps linearly from 0 over the first 3 epochs lets them learn (README, "Recipes"). The same
-    # warm-up is given to every single-step baseline.
+    # PGD-40 AT at eps = 0.3 from scratch stays at chance, and so did N-FGSM; growing eps linearly from 0 over the
+    # first 3 epochs lets them learn (README, "Recipes"). The same warm-up is given to every single-step baseline.
     ("pgd", "mnist"): Recipe("pgd", **_MNIST, epochs=10, steps=40, step_size=0.01, eps_ramp=3),
     ("fgsm-rs", "mnist"): Recipe("fgsm-rs", **_MNIST, epochs=10, step_size=0.375, eps_ramp=3),
-    # N-FGSM's default noise of 2 eps (0.6 at MNIST eps = 0.3) did not train (0 % PGD-40); measured on full MNIST,
-    # 10 epochs: noise 1 eps 97.2 % clean / 63.6 % PGD-40, noise 0.5 eps 97.2 % / 0.0 %. 1 eps it is.
+    # N-FGSM's default noise of 2 eps (0.6 at MNIST eps = 0.3) did not train, nor did 0.5 eps; 1 eps did (README,
+    # "Recipes").
     ("n-fgsm", "mnist"): Recipe("n-fgsm", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3, noise_mult=1.0),
     # the bank-based prior art, with their papers' inner-step settings and the same warm-up as the other baselines
     ("fgsm-pgi", "mnist"): Recipe("fgsm-pgi", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3),
     ("atta", "mnist"): Recipe("atta", **_MNIST, epochs=10, step_size=0.15, eps_ramp=3, reset_every=10),
     ("clean", "mnist"): Recipe("clean", **_MNIST, epochs=5),
-    # small CNN, 10k lossy CIFAR-10 images, 15 epochs, AutoAttack on 1000 test points: eta = eps/6 12.2 %, eps/4
-    # 15.2 %, eps/2 19.2 %; less noise (s = 0.07 at eps/4: 17.0 %; s = 0.05 at eps/2: stuck at chance) was not better
+    # ATL's step was the best of eps/6, eps/4 and eps/2 on the CPU benchmark's small CNN (lossy copy); less noise was
+    # not better (README, "Recipes")
     ("atl", "cifar10"): Recipe(
         "atl", **_CIFAR, epochs=30, steps=1, step_size=8 / 255 / 2, noise_scale=0.2, bank_init="uniform"
     ),
     ("free-atl", "cifar10"): Recipe(
         "free-atl", **_CIFAR, epochs=30, steps=1, step_size=8 / 255 / 2, noise_scale=0.2, bank_init="uniform"
     ),
-    # without a warm-up PGD-10 AT and FGSM-RS stayed at chance on the small CNN (measured: loss 2.30 for 15 epochs)
+    # without a warm-up PGD-10 AT and FGSM-RS stayed at chance on the small CNN (README, "Recipes")
     ("pgd", "cifar10"): Recipe("pgd", **_CIFAR, epochs=30, steps=10, step_size=2 / 255, eps_ramp=5),
     ("fgsm-rs", "cifar10"): Recipe("fgsm-rs", **_CIFAR, epochs=30, step_size=10 / 255, eps_ramp=5),
     ("n-fgsm", "cifar10"): Recipe("n-fgsm", **_CIFAR, epochs=30, step_size=8 / 255, eps_ramp=5),
@@ -174,117 +185,21 @@ def recipe(method: str, dataset: str) -> Recipe:
     return dataclasses.replace(RECIPES[(method, "cifar10")], dataset=dataset, **changes)
 
 
-def build_method(
-    r: Recipe, num_examples: int, shape: tuple[int, ...], seed: int = 0, bank_device: str | torch.device = "cpu"
-) -> InnerStep:
-    """The inner step described by recipe ``r`` (ATL gets a bank sized for ``num_examples`` inputs of ``shape``)."""
-    threat = ThreatModel(r.norm, r.eps)
-    threat.check_input_dim(int(torch.tensor(shape).prod()))
-    if r.method == "clean":
-        return Clean()
-    if r.method == "pgd":
-        return PGD(threat, r.steps or 40, r.step_size or threat.eps / 4, r.model_mode, eps_ramp=r.eps_ramp)
-    if r.method == "fgsm-rs":
-        return FGSMRS(threat, r.step_size, r.model_mode, eps_ramp=r.eps_ramp)
-    if r.method == "n-fgsm":
-        return NFGSM(threat, r.step_size, r.noise_mult, model_mode=r.model_mode, eps_ramp=r.eps_ramp)
-    if r.method == "fgsm-pgi":
-        return FGSMPGI(threat, num_examples, shape, r.step_size, r.pgi_lam, r.pgi_decay,
-                       40 if r.reset_every is None else r.reset_every, r.model_mode, r.eps_ramp, seed=seed)
-    if r.method in ("atl", "atta", "free-atl"):
-        bank = AdversarialBank(
-            num_examples,
-            shape,
-            threat,
-            copies=r.copies,
-            dtype=r.bank_dtype,
-            init=r.bank_init,
-            device=bank_device,
-            seed=seed,
-        )
-        if r.method == "atta":
-            sampler = LangevinSampler(threat, r.step_size or threat.eps / 2, 0.0, 1, r.noise, r.model_mode)
-            return ATTA(bank, sampler, r.eps_ramp, 10 if r.reset_every is None else r.reset_every)
-        sampler = LangevinSampler(
-            threat, r.step_size or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode
-        )
-        return (FreeATL if r.method == "free-atl" else ATL)(bank, sampler, r.eps_ramp, r.reset_every or 0)
-    raise ConfigError(f"unknown method {r.method!r}; accepted: {', '.join(METHODS)}")
+_MOVED = {
+    "build_method": "adv_transport.training",
+    "build_optimizer": "adv_transport.training",
+    "build_training": "adv_transport.training",
+    "epoch_check": "adv_transport.eval",
+    "validation_check": "adv_transport.eval",
+}
 
 
-def build_optimizer(r: Recipe, params, steps_per_epoch: int):
-    """Optimizer and per-batch LR scheduler of recipe ``r``."""
-    if r.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
-    elif r.optimizer == "sgd":
-        opt = torch.optim.SGD(
-            params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.momentum > 0
-        )
-    else:
-        raise ConfigError(f"unknown optimizer {r.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
-    if r.lr_schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch, pct_start=r.pct_start
-        )
-    elif r.lr_schedule == "constant":
-        sched = None
-    else:
-        raise ConfigError(f"unknown lr schedule {r.lr_schedule!r}; accepted: {', '.join(LR_SCHEDULES)}")
-    return opt, sched
+def __getattr__(name: str):
+    """The run-building and per-epoch-check functions that used to live here (deprecated aliases, one release)."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    import warnings
 
-
-def epoch_check(dataset: str, test, threat: ThreatModel, n_examples: int, device):
-    """``eval_fn`` for the trainer: clean and protocol-PGD accuracy (SPEC section 4) on the first ``n_examples``
-    test points, without the sanity checks (they belong to the final evaluation)."""
-    from .eval import evaluate, pgd_defaults
-
-    steps, step_size = pgd_defaults(dataset, threat)
-
-    def fn(model):
-        rep = evaluate(model, test, threat, ("clean", "pgd"), n_examples=n_examples, pgd_steps=steps,
-                       pgd_step_size=step_size, device=device, sanity=False)
-        return {"clean_acc": rep["clean_acc"], "pgd_acc": rep["pgd_acc"], "eval_n": rep["n_examples"],
-                "eval_pgd_steps": steps}
-
-    return fn
-
-
-def validation_check(dataset: str, val, threat: ThreatModel, n_examples: int, device):
-    """``val_fn`` for the trainer: :func:`epoch_check` on a validation split of the training set, keys prefixed
-    ``val_`` (what model selection and early stopping read)."""
-    fn = epoch_check(dataset, val, threat, n_examples, device)
-    return lambda model: {f"val_{k}": v for k, v in fn(model).items()}
-
-
-def build_training(
-    r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_n: int = 1000, val=None, val_n: int = 1000,
-    **trainer_kwargs,
-):
-    """Model (seeded initialisation), batches (seeded order), inner step, optimizer, scheduler, augmentation,
-    tricks and per-epoch check of recipe ``r``, assembled into a :class:`~adv_transport.trainer.Trainer`.
-    ``val``: a validation split of the training data (never the test set), checked every epoch when given; recipes
-    with ``select='best'`` or early stopping need it. ``test=None`` skips the per-epoch test check.
-    Returns ``(trainer, batches)``; ``trainer_kwargs`` go to the Trainer (run_dir, progress, config, ...)."""
-    from .augment import RandomCropFlip
-    from .data import IndexedBatches, dataset_flip
-    from .models import model_for_data
-    from .trainer import Trainer
-
-    threat = ThreatModel(r.norm, r.eps)
-    torch.manual_seed(seed)
-    model = model_for_data(r.model, train, r.dataset).to(device)
-    batches = IndexedBatches(train, r.batch_size, seed=seed, device=device)
-    method = build_method(r, len(train), train.shape, seed=seed)
-    opt, sched = build_optimizer(r, model.parameters(), len(batches) * r.replay)
-    augment = RandomCropFlip(padding=4, flip=dataset_flip(r.dataset)) if r.augment else None
-    if (r.select == "best" or r.early_stop_drop is not None) and val is None:
-        raise ConfigError("this recipe selects its model on a validation split (select='best' or early stopping): "
-                          "pass val=<a held-out part of the training set>")
-    trainer = Trainer(
-        model, opt, method, scheduler=sched, clean_weight=r.clean_weight, augment=augment,
-        eval_fn=None if test is None else epoch_check(r.dataset, test, threat, eval_n, device),
-        val_fn=None if val is None else validation_check(r.dataset, val, threat, val_n, device),
-        label_smoothing=r.label_smoothing, loss=r.loss, trades_beta=r.trades_beta, ema_decay=r.ema_decay,
-        select=r.select, early_stop_drop=r.early_stop_drop, replay=r.replay, **trainer_kwargs,
-    )
-    return trainer, batches
+    warnings.warn(f"adv_transport.recipes.{name} moved to {_MOVED[name]}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED[name]), name)

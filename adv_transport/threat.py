@@ -14,8 +14,23 @@ import torch
 from .errors import ConfigError, DataRangeError
 
 NORMS = ("linf", "l2")
-_NORM_ALIASES = {"linf": "linf", "Linf": "linf", "inf": "linf", "l2": "l2", "L2": "l2", "2": "l2"}
+# the same norms as RobustBench, AutoAttack and torchattacks spell them (their threat-model names)
+HOST_NORMS = {"linf": "Linf", "l2": "L2"}
+_NORM_ALIASES = {**{n: n for n in NORMS}, **{h: n for n, h in HOST_NORMS.items()}, "inf": "linf", "2": "l2"}
 _TINY = 1e-12
+
+
+def canonical_norm(name: str) -> str:
+    """Our name of a norm (``linf`` or ``l2``) from any accepted spelling (``Linf``, ``L2``, ``inf``, ``2``)."""
+    norm = _NORM_ALIASES.get(str(name))
+    if norm is None:
+        raise ConfigError(f"unknown norm {name!r}; accepted: {', '.join(NORMS)} (or {', '.join(HOST_NORMS.values())})")
+    return norm
+
+
+def host_norm(name: str) -> str:
+    """The host libraries' name of a norm (``Linf`` or ``L2``: RobustBench, AutoAttack, torchattacks)."""
+    return HOST_NORMS[canonical_norm(name)]
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -36,9 +51,7 @@ class ThreatModel:
     eps: float
 
     def __post_init__(self):
-        norm = _NORM_ALIASES.get(str(self.norm))
-        if norm is None:
-            raise ConfigError(f"unknown norm {self.norm!r}; accepted: {', '.join(NORMS)}")
+        norm = canonical_norm(self.norm)
         object.__setattr__(self, "norm", norm)
         try:
             eps = float(self.eps)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .augment import Augmented, RandomCropFlip
 from .checkpoint import atomic_save, atomic_write_text, load_checkpoint, rng_states, set_rng_states
-from .errors import ConfigError, MissingIndexError, NonFiniteLossError
+from .errors import ConfigError, EmptyLoaderError, MissingIndexError, NonFiniteLossError, NonFiniteParameterError
 from .methods import InnerStep
 from .modes import capture_modes, ensure_mode, restore_modes
 from .threat import check_unit_range
@@ -209,7 +209,7 @@ class Trainer:
             return None
         for name, p in self.model.named_parameters():
             if not torch.isfinite(p).all():
-                raise NonFiniteLossError(
+                raise NonFiniteParameterError(
                     f"parameter {name!r} is not finite at epoch {self.epoch} step {self.step}; the checkpoint was not "
                     f"overwritten (last good one: {self.checkpoint_path})",
                     epoch=self.epoch,
@@ -419,7 +419,7 @@ class Trainer:
         except TypeError:
             steps_per_epoch = None
         if steps_per_epoch == 0:
-            raise MissingIndexError("the loader yields no batches (empty dataset?)")
+            raise EmptyLoaderError("the loader yields no batches (empty dataset?)")
         found = capture_modes(self.model)
         ensure_mode(self.model, True)  # a model in eval mode as a whole trains in train mode; frozen parts stay
         self._train_modes = capture_modes(self.model)
@@ -494,7 +494,7 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         if stats["seen"] == 0:
-            raise MissingIndexError(f"epoch {self.epoch}: the loader yielded no batches")
+            raise EmptyLoaderError(f"epoch {self.epoch}: the loader yielded no batches")
         if self.scheduler is not None and self.scheduler_step == "epoch":
             self.scheduler.step()
         record = {

@@ -29,7 +29,8 @@ import torch
 
 import adv_transport as at
 from adv_transport.eval import evaluate, pgd_defaults
-from adv_transport.recipes import build_training, recipe
+from adv_transport.recipes import recipe
+from adv_transport.training import build_training
 
 ROOT = Path(__file__).resolve().parent.parent
 

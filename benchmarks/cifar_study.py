@@ -1,6 +1,6 @@
 """ATL against the bank-based prior art and the fast baselines on CIFAR-10 (JPEG-lossy copy), several seeds and eps.
 
-Two modes, one harness (every run goes through ``adv_transport.recipes.build_training``: same model, data order,
+Two modes, one harness (every run goes through ``adv_transport.training.build_training``: same model, data order,
 optimizer, schedule and seed for every method):
 
 - ``sweep``: ATL variants (and the stored-perturbation baselines' knobs) at eps 8/255, seed 0, judged on a
@@ -43,7 +43,8 @@ import torch
 
 import adv_transport as at
 from adv_transport.eval import evaluate
-from adv_transport.recipes import build_training, recipe
+from adv_transport.recipes import recipe
+from adv_transport.training import build_training
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSY_LABEL = (

@@ -6,8 +6,9 @@ norm) and AdaDir (Adam's direction, SGD's norm). Each gets the same budget: a sw
 (one seed, the same for both players), then ``--seeds`` seeds at the learning rate with the lowest final distance.
 
 Measured every ``--eval-every`` iterations: the Fréchet distance between generated images and MNIST test images in
-the feature space of an MNIST CNN trained here (adv_transport.sample_quality; *not* FID), and at the end mode coverage
-(the class histogram of generated digits under that classifier). Adam's per-layer update norms are logged throughout.
+the feature space of an MNIST CNN trained here (adv_transport.gan.sample_quality; *not* FID), and at the end mode
+coverage (the class histogram of generated digits under that classifier). Adam's per-layer update norms are logged
+throughout.
 
     python benchmarks/gan_optimizers.py            # writes benchmarks/results/gan/ and a BENCHMARKS.md section
     python benchmarks/gan_optimizers.py --quick    # smoke test, < 5 minutes
@@ -26,9 +27,9 @@ from pathlib import Path
 import torch
 
 import adv_transport as at
-from adv_transport.games import DCGANDiscriminator, DCGANGenerator, gan_step
+from adv_transport.gan import DCGANDiscriminator, DCGANGenerator, gan_step
+from adv_transport.gan.sample_quality import classifier_frechet_distance, mode_coverage, save_grid
 from adv_transport.optim import AdaDir, AdaLR, NormalizedSGD
-from adv_transport.sample_quality import classifier_frechet_distance, mode_coverage, save_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,8 @@ LRS = {
 
 def train_classifier(train, test, epochs, seed, threads_note=""):
     """The feature classifier: the small MNIST CNN trained clean (`adv-transport train --method clean`'s recipe)."""
-    from adv_transport.recipes import build_method, build_optimizer, recipe
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_method, build_optimizer
 
     r = recipe("clean", "mnist").replace(epochs=epochs)
     torch.manual_seed(seed)
@@ -82,7 +84,7 @@ def run(name, lr, seed, args, train_x, real_eval, classifier):
     start = time.perf_counter()
     for it in range(1, args.iters + 1):
         idx = torch.randint(len(train_x), (args.batch,), generator=rng)
-        log = gan_step(gen, disc, opt_g, opt_d, train_x[idx], args.z_dim, mode="alternating", ascent="maximize",
+        log = gan_step(gen, disc, opt_g, opt_d, train_x[idx], args.z_dim, order="alternating", ascent="maximize",
                        generator_rng=rng, track_norms=(it % args.norm_every == 0))
         if it % args.norm_every == 0:
             norms.append({"iter": it, "g": log.g_update_norms, "d": log.d_update_norms})

@@ -1,4 +1,4 @@
-"""The synthetic two-mode GAN of Jelassi et al. 2022 (SPEC section 2): does SGDA collapse where nSGDA does not?
+"""The synthetic two-mode GAN of Jelassi et al. 2022: does SGDA collapse where nSGDA does not?
 
 Data X = u1 or u2 (probability 1/2 each), unit vectors with <u1, u2> = ``--overlap`` > 0. Generator
 G(z) = sum_i v_i z_i over sparse binary latents z (Pr[z_i = 1] = 1/m_G). Discriminator

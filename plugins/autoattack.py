@@ -13,17 +13,19 @@ import logging
 import torch
 from pyautoattack import AutoAttack
 
+from adv_transport.threat import host_norm
+
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "fab")
-_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
 def make_autoattack(model, norm: str, eps: float, version: str = "standard", seed: int = 0, device=None) -> AutoAttack:
-    """A pyautoattack ``AutoAttack`` for our threat-model names (``linf``/``l2``), silent."""
+    """A pyautoattack ``AutoAttack`` for a norm in any spelling :func:`~adv_transport.threat.canonical_norm` accepts,
+    silent."""
     if version not in VERSIONS:
         raise ValueError(f"AutoAttack version {version!r} is not supported; accepted: {', '.join(VERSIONS)}")
     device = device or next(model.parameters()).device
-    aa = AutoAttack(model, norm=_NORMS[norm], eps=eps, version=version, seed=seed, device=device)
+    aa = AutoAttack(model, norm=host_norm(norm), eps=eps, version=version, seed=seed, device=device)
     aa.verbose = False
     logging.getLogger("auto-attack").setLevel(logging.ERROR)
     return aa

@@ -33,6 +33,7 @@ import torch
 from adv_transport.checkpoint import Run, atomic_save, atomic_write_text, load_run
 from adv_transport.data import DATASETS
 from adv_transport.errors import ConfigError
+from adv_transport.threat import HOST_NORMS, canonical_norm, host_norm
 
 from .autoattack import autoattack_flags, make_autoattack
 
@@ -120,7 +121,7 @@ class AutoAttack:
         self.model = model
         self.norm, self.epsilon, self.version, self.log_path = norm, eps, version, log_path
         self.seed = 0 if seed is None else seed
-        self._aa = make_autoattack(model, {"Linf": "linf", "L2": "l2"}[norm], eps, version, self.seed, device)
+        self._aa = make_autoattack(model, norm, eps, version, self.seed, device)
         if attacks_to_run:
             self._aa.attacks_to_run = list(attacks_to_run)
 
@@ -133,7 +134,7 @@ class AutoAttack:
                 f.write(text + "\n")
 
     def run_standard_evaluation(self, x_orig, y_orig, bs=250, return_labels=False, state_path=None):
-        norm = {"Linf": "linf", "L2": "l2"}[self.norm]
+        norm = canonical_norm(self.norm)
         state = None
         if state_path is not None and Path(state_path).is_file():
             state = EvaluationState.from_disk(state_path)
@@ -196,8 +197,7 @@ __all__ = [
 NAME_PATTERN = re.compile(r"^[A-Z][A-Za-z]*\d{4}[A-Z][A-Za-z0-9_]*$")
 # the leaderboards of robustbench 1.1.1 a model trained by adv-transport can enter, as RobustBench spells them
 LEADERBOARDS = {"cifar10": ("Linf", "L2"), "cifar100": ("Linf",), "imagenet": ("Linf",)}
-THREATS = ("Linf", "L2")
-ZOO_DICT = {"Linf": "linf", "L2": "l2"}  # the OrderedDict of robustbench/model_zoo/<dataset>.py holding the entry
+THREATS = tuple(HOST_NORMS.values())
 CARD_FIELDS = (
     "link",
     "name",
@@ -293,7 +293,8 @@ def zoo_entry(
     gdrive = gdrive_id or f"<id of the uploaded models/{dataset}/{threat_model}/{name}.pt>"
     head = (
         f"# RobustBench model-zoo entry for {name} (written by adv-transport submit): robustbench's own classes.\n"
-        f"# Add the entry to the `{ZOO_DICT[threat_model]}` OrderedDict of {where}"
+        # the OrderedDict of robustbench/model_zoo/<dataset>.py holding the entry is named as our norm
+        f"# Add the entry to the `{canonical_norm(threat_model)}` OrderedDict of {where}"
         + (" and the class next to Wong2020FastNet" if kind == "preact" else "")
         + f";\n# upload models/{dataset}/{threat_model}/{name}.pt and put its id in 'gdrive_id'.\n"
     )
@@ -396,7 +397,7 @@ def export_submission(
     recipe = run.recipe
     if recipe.get("dataset") != dataset:
         raise ConfigError(f"the checkpoint was trained on {recipe.get('dataset')!r}, not {dataset!r}")
-    norm = {"linf": "Linf", "l2": "L2"}.get(recipe.get("norm", "linf"))
+    norm = host_norm(recipe.get("norm", "linf"))
     if norm != threat_model:
         raise ConfigError(f"the checkpoint was trained against {norm} perturbations, not {threat_model}")
     model = run.model

@@ -1,14 +1,17 @@
 """The Langevin sampler as a torchattacks ``Attack``.
 
     >>> import adv_transport.plugins.torchattacks as ta
-    >>> atk = ta.Langevin(model, eps=0.3, step_size=0.01, noise_scale=0.2, steps=40)
+    >>> atk = ta.Langevin(model, eps=0.3, eta=0.01, noise_scale=0.2, steps=40)
     >>> x_adv = atk(images, labels)
 
 Like every torchattacks attack, it puts the model in eval mode unless ``atk.set_model_training_mode(...)`` says
-otherwise (torchattacks decides the mode, so the sampler is told to keep it).
+otherwise (torchattacks decides the mode, so the sampler is told to keep it). ``supported_mode`` is torchattacks'
+word for targeting (``'default'``: untargeted only), kept as the host library spells it.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torchattacks
@@ -23,7 +26,8 @@ class Langevin(torchattacks.attack.Attack):
     Arguments:
         model (nn.Module): model to attack (inputs in [0, 1]).
         eps (float): radius of the threat ball. norm (str): ``'Linf'`` or ``'L2'``.
-        step_size (float): Langevin step eta. noise_scale (float): s; the noise is ``s * sqrt(2 eta) * xi``.
+        eta (float): Langevin step size (``step_size``: its former name, deprecated). noise_scale (float): s; the
+            noise is ``s * sqrt(2 eta) * xi``.
         steps (int): T. noise (str): ``'uniform'`` or ``'gaussian'``.
     """
 
@@ -31,17 +35,21 @@ class Langevin(torchattacks.attack.Attack):
         self,
         model,
         eps=0.3,
-        step_size=0.01,
+        eta=0.01,
         noise_scale=0.2,
         steps=10,
         norm="Linf",
         noise="uniform",
         random_start=False,
+        step_size=None,
     ):
+        if step_size is not None:
+            warnings.warn("Langevin(step_size=...) is deprecated: use eta=...", DeprecationWarning, stacklevel=2)
+            eta = step_size
         super().__init__("Langevin", model)
         self.threat = ThreatModel(norm, eps)
         self.eps = eps
-        self.sampler = LangevinSampler(self.threat, step_size, noise_scale, steps, noise, model_mode="keep")
+        self.sampler = LangevinSampler(self.threat, eta, noise_scale, steps, noise, model_mode="keep")
         self.random_start = random_start
         self.supported_mode = ["default"]
 

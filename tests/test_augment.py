@@ -52,7 +52,7 @@ def test_delta_stays_in_the_unaugmented_frame():
     # pixel of the *un-augmented* delta, and the stored delta must be found there on the next visit.
     t = ThreatModel("linf", 0.3)
     bank = AdversarialBank(2, (1, 6, 6), t)
-    atl = ATL(bank, LangevinSampler(t, step_size=0.1, noise_scale=0.0))
+    atl = ATL(bank, LangevinSampler(t, eta=0.1, noise_scale=0.0))
     x = torch.full((2, 1, 6, 6), 0.5)
     y = torch.zeros(2, dtype=torch.long)
     params = CropFlipParams(dy=torch.tensor([3, 1]), dx=torch.tensor([2, 1]), flip=torch.tensor([False, True]))

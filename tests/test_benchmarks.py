@@ -90,7 +90,8 @@ def test_every_method_starts_from_the_same_weights_and_data_order(mnist_dir):
     """What makes the benchmark side by side: build_training seeds the initialisation and the batch order alike for
     every method."""
     import adv_transport as at
-    from adv_transport.recipes import build_training, recipe
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_training
 
     train = at.load_dataset("mnist", "train", str(mnist_dir)).subset(300)
     test = at.load_dataset("mnist", "test", str(mnist_dir))

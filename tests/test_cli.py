@@ -102,3 +102,19 @@ def test_truncated_checkpoint_is_a_one_line_error_for_eval_and_resume(mnist_dir,
     assert _train(mnist_dir, out, "--resume") == 2
     err = capsys.readouterr().err
     assert "no previous checkpoint checkpoint.prev.pt to resume from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_flags_are_derived_from_the_recipe_fields():
+    import dataclasses
+
+    from adv_transport.cli import build_parser, make_recipe
+    from adv_transport.recipes import Recipe
+
+    args = build_parser().parse_args(
+        ["train", "--method", "pgd", "--step-size", "0.02", "--batch-size", "64", "--no-augment", "--noise", "gaussian"]
+    )
+    r = make_recipe(args)
+    assert (r.step_size, r.batch_size, r.augment, r.noise, r.steps) == (0.02, 64, False, "gaussian", 40)
+    flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    exposed = {f.name for f in dataclasses.fields(Recipe) if f.metadata.get("cli")}
+    assert exposed <= flags and {"step_size", "eps", "model", "model_mode", "bank_dtype"} <= exposed

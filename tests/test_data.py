@@ -260,7 +260,8 @@ def test_training_on_an_image_folder_end_to_end(image_folder, tmp_path):
 
 
 def test_svhn_training_uses_crops_without_flips(tmp_path):
-    from adv_transport.recipes import build_training, recipe
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_training
 
     xs = np.zeros((8, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "svhn.npz", x_train=xs, y_train=np.arange(8) % 10, x_test=xs, y_test=np.arange(8) % 10)

@@ -3,15 +3,15 @@ import torch
 import torch.nn as nn
 
 from adv_transport.errors import ConfigError
-from adv_transport.games import (
+from adv_transport.gan import (
     DCGANDiscriminator,
     DCGANGenerator,
     discriminator_objective,
     gan_step,
     generator_loss,
 )
+from adv_transport.gan.sample_quality import frechet_distance, mode_coverage
 from adv_transport.optim import AdaLR, NormalizedSGD
-from adv_transport.sample_quality import frechet_distance, mode_coverage
 
 
 def tiny_players():
@@ -26,9 +26,9 @@ def objectives(g, d, real, z):
         return float(discriminator_objective(d(real), d(g(z)))), float(generator_loss(d(g(z))))
 
 
-@pytest.mark.parametrize("mode", ["simultaneous", "alternating"])
+@pytest.mark.parametrize("order", ["simultaneous", "alternating"])
 @pytest.mark.parametrize("opt", ["sgd-maximize", "sgd-negate", "nsgd"])
-def test_a_step_moves_each_player_the_way_its_objective_asks(mode, opt):
+def test_a_step_moves_each_player_the_way_its_objective_asks(order, opt):
     g, d = tiny_players()
     real = torch.randn(32, 4) + 2.0
     z = torch.randn(32, 2)
@@ -44,7 +44,7 @@ def test_a_step_moves_each_player_the_way_its_objective_asks(mode, opt):
     # the discriminator's step: its objective (at the generator it saw) goes up
     rng = torch.Generator().manual_seed(1)
     g_snapshot = {k: v.clone() for k, v in g.state_dict().items()}
-    log = gan_step(g, d, og, od, real, z_dim=2, mode=mode, ascent=ascent, generator_rng=rng)
+    log = gan_step(g, d, og, od, real, z_dim=2, order=order, ascent=ascent, generator_rng=rng)
     g_after = {k: v.clone() for k, v in g.state_dict().items()}
     g.load_state_dict(g_snapshot)
     d_after, _ = objectives(g, d, real, z)
@@ -71,7 +71,7 @@ def test_inconsistent_ascent_settings_are_explained():
     with pytest.raises(ConfigError, match="maximize=True"):
         gan_step(g, d, og, od, torch.randn(8, 4), z_dim=2, ascent="maximize")
     with pytest.raises(ConfigError, match="accepted: simultaneous, alternating"):
-        gan_step(g, d, og, od, torch.randn(8, 4), z_dim=2, ascent="negate", mode="both")
+        gan_step(g, d, og, od, torch.randn(8, 4), z_dim=2, ascent="negate", order="both")
 
 
 def test_dcgan_shapes_and_range():
@@ -103,3 +103,20 @@ def test_mode_coverage_counts_classes_and_kl():
     collapsed = torch.full((100, 1, 2, 2), 0.35)
     cov = mode_coverage(ByBrightness(), collapsed)
     assert cov["classes_covered"] == 1 and cov["kl_to_uniform"] == pytest.approx(float(torch.log(torch.tensor(10.0))))
+
+
+def test_old_module_names_still_import_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    for name in ("adv_transport.games", "adv_transport.sample_quality"):
+        sys.modules.pop(name, None)
+        with pytest.warns(DeprecationWarning, match="moved to adv_transport.gan"):
+            importlib.import_module(name)
+    from adv_transport.games import gan_step as old
+
+    assert old is gan_step
+    g, d = tiny_players()
+    og, od = torch.optim.SGD(g.parameters(), lr=1e-3), torch.optim.SGD(d.parameters(), lr=1e-3, maximize=True)
+    with pytest.warns(DeprecationWarning, match="order="):
+        gan_step(g, d, og, od, torch.randn(8, 4), z_dim=2, mode="simultaneous")

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adv_transport import ConfigError, LangevinSampler, ThreatModel
-from adv_transport.schedules import Linear
+from adv_transport.schedules import LinearSchedule
 
 from conftest import Linear2
 
@@ -17,19 +17,19 @@ Y = torch.tensor([0])
 
 
 def test_linf_step_without_noise_is_signed_gradient_step():
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=0.1, noise_scale=0.0, steps=1)
+    s = LangevinSampler(ThreatModel("linf", 0.3), eta=0.1, noise_scale=0.0, steps=1)
     delta = s.sample(Linear2(W), X, Y)
     assert delta.flatten().tolist() == pytest.approx([0.1, -0.1, 0.1, 0.0])
 
 
 def test_linf_steps_are_projected_onto_the_ball():
-    s = LangevinSampler(ThreatModel("linf", 0.15), step_size=0.1, noise_scale=0.0, steps=2)
+    s = LangevinSampler(ThreatModel("linf", 0.15), eta=0.1, noise_scale=0.0, steps=2)
     delta = s.sample(Linear2(W), X, Y)
     assert delta.flatten().tolist() == pytest.approx([0.15, -0.15, 0.15, 0.0])
 
 
 def test_warm_start_continues_from_given_delta_and_clips_to_box():
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=0.1, noise_scale=0.0, steps=1)
+    s = LangevinSampler(ThreatModel("linf", 0.3), eta=0.1, noise_scale=0.0, steps=1)
     x = torch.tensor([[[[0.95, 0.05], [0.5, 0.5]]]])
     start = torch.tensor([[[[0.0, 0.0], [0.15, 0.1]]]])
     delta = s.sample(Linear2(W), x, Y, start)
@@ -38,11 +38,11 @@ def test_warm_start_continues_from_given_delta_and_clips_to_box():
 
 
 def test_l2_step_is_normalised_gradient_and_projection_is_radial():
-    s = LangevinSampler(ThreatModel("l2", 1.0), step_size=0.2, noise_scale=0.0, steps=1)
+    s = LangevinSampler(ThreatModel("l2", 1.0), eta=0.2, noise_scale=0.0, steps=1)
     delta = s.sample(Linear2(W), X, Y)
     expected = torch.tensor([1.0, -1.0, 2.0, 0.0]) / math.sqrt(6) * 0.2
     assert delta.flatten().tolist() == pytest.approx(expected.tolist(), abs=1e-6)
-    s = LangevinSampler(ThreatModel("l2", 0.3), step_size=0.2, noise_scale=0.0, steps=3)
+    s = LangevinSampler(ThreatModel("l2", 0.3), eta=0.2, noise_scale=0.0, steps=3)
     delta = s.sample(Linear2(W), X, Y)
     expected = torch.tensor([1.0, -1.0, 2.0, 0.0]) / math.sqrt(6) * 0.3  # 0.6 along the direction, scaled back
     assert delta.flatten().tolist() == pytest.approx(expected.tolist(), abs=1e-6)
@@ -51,7 +51,7 @@ def test_l2_step_is_normalised_gradient_and_projection_is_radial():
 @pytest.mark.parametrize("noise", ["uniform", "gaussian"])
 def test_noise_term_is_s_sqrt_2eta_xi(noise):
     eta, s_scale = 0.04, 0.5
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=eta, noise_scale=s_scale, steps=1, noise=noise)
+    s = LangevinSampler(ThreatModel("linf", 0.3), eta=eta, noise_scale=s_scale, steps=1, noise=noise)
     delta = s.sample(Linear2(W), X, Y, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
     xi = torch.rand(X.shape, generator=g) * 2 - 1 if noise == "uniform" else torch.randn(X.shape, generator=g)
@@ -62,7 +62,7 @@ def test_noise_term_is_s_sqrt_2eta_xi(noise):
 
 def test_uniform_noise_is_bounded_by_its_scale():
     eta, s_scale = 0.01, 0.2
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=eta, noise_scale=s_scale, steps=1)
+    s = LangevinSampler(ThreatModel("linf", 0.3), eta=eta, noise_scale=s_scale, steps=1)
     x = torch.full((64, 1, 2, 2), 0.5)
     delta = s.sample(Linear2(W), x, torch.zeros(64, dtype=torch.long))
     assert (delta.abs() <= eta + s_scale * math.sqrt(2 * eta) + 1e-6).all()
@@ -74,7 +74,7 @@ def test_unseeded_uniform_noise_fills_its_interval():
     eta, s_scale = 0.005, 1.0
     a = s_scale * math.sqrt(2 * eta)
     torch.manual_seed(0)
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=eta, noise_scale=s_scale, steps=1)
+    s = LangevinSampler(ThreatModel("linf", 0.3), eta=eta, noise_scale=s_scale, steps=1)
     delta = s.sample(Linear2(torch.zeros(2, 4)), torch.full((2048, 1, 2, 2), 0.5), torch.zeros(2048, dtype=torch.long))
     assert delta.abs().max() <= a + 1e-6
     assert delta.min() < -0.98 * a and delta.max() > 0.98 * a
@@ -106,7 +106,7 @@ def test_delta_to_is_a_feasible_projection(norm, eps, seed, scale):
 
 
 def test_scheduled_step_size_follows_progress():
-    s = LangevinSampler(ThreatModel("linf", 0.3), step_size=Linear(0.01, 0.05, epochs=4), noise_scale=0.0)
+    s = LangevinSampler(ThreatModel("linf", 0.3), eta=LinearSchedule(0.01, 0.05, epochs=4), noise_scale=0.0)
     assert s.sample(Linear2(W), X, Y, t=0.0).abs().max().item() == pytest.approx(0.01)
     assert s.sample(Linear2(W), X, Y, t=2.0).abs().max().item() == pytest.approx(0.03)
     assert s.sample(Linear2(W), X, Y, t=10.0).abs().max().item() == pytest.approx(0.05)
@@ -146,7 +146,7 @@ def test_model_mode_restores_each_submodule():
 def test_bad_sampler_settings_are_explained():
     t = ThreatModel("linf", 0.3)
     with pytest.raises(ConfigError, match="step size must be > 0"):
-        LangevinSampler(t, step_size=0.0)
+        LangevinSampler(t, eta=0.0)
     with pytest.raises(ConfigError, match="accepted: uniform, gaussian"):
         LangevinSampler(t, noise="laplace")
     with pytest.raises(ConfigError, match=">= 1"):
@@ -176,7 +176,7 @@ def test_l2_noise_to_drift_ratio_does_not_depend_on_the_dimension(noise, d):
     threat = ThreatModel("l2", 1.0)
     x = torch.full(shape, 0.5)
     y = torch.zeros(n, dtype=torch.long)
-    sampler = LangevinSampler(threat, step_size=eta, noise_scale=s_scale, steps=1, noise=noise)
+    sampler = LangevinSampler(threat, eta=eta, noise_scale=s_scale, steps=1, noise=noise)
     gen = torch.Generator().manual_seed(0)
     noise_only = sampler.sample(Linear2(torch.zeros(2, d)), x, y, generator=gen)  # zero gradient: no drift
     rms = noise_only.flatten(1).norm(dim=1).pow(2).mean().sqrt().item()
@@ -184,7 +184,7 @@ def test_l2_noise_to_drift_ratio_does_not_depend_on_the_dimension(noise, d):
     assert rms == pytest.approx(expected, rel=0.05)
     w = torch.zeros(2, d)
     w[1] = torch.linspace(-1, 1, d)
-    drift = LangevinSampler(threat, step_size=eta, noise_scale=0.0).sample(Linear2(w), x, y)
+    drift = LangevinSampler(threat, eta=eta, noise_scale=0.0).sample(Linear2(w), x, y)
     assert drift.flatten(1).norm(dim=1).tolist() == pytest.approx([eta] * n, rel=1e-4)
     assert rms / eta == pytest.approx(s_scale * math.sqrt(2 / eta) / (math.sqrt(3) if noise == "uniform" else 1), 0.05)
 
@@ -209,3 +209,26 @@ def test_batch_stats_mode_normalises_with_the_batch_and_leaves_running_statistic
     assert torch.equal(deltas["batch-stats"], deltas["train"])  # batch statistics, as in train mode
     assert not torch.equal(deltas["batch-stats"], deltas["eval"])
     assert stats == {"train": False, "batch-stats": True, "eval": True}  # running stats untouched by batch-stats
+
+
+def test_schedules_are_named_as_schedules_and_the_old_names_still_work():
+    import adv_transport as at
+    from adv_transport.schedules import CosineSchedule
+
+    assert CosineSchedule(1.0, 0.0, epochs=2)(1.0) == pytest.approx(0.5)
+    assert LinearSchedule(0.0, 1.0, epochs=2) == LinearSchedule(0.0, 1.0, epochs=2)
+    with pytest.raises(ConfigError, match="LinearSchedule needs epochs > 0"):
+        LinearSchedule(0.0, 1.0, epochs=0)
+    with pytest.warns(DeprecationWarning, match="is now LinearSchedule"):
+        assert at.Linear is LinearSchedule
+    with pytest.warns(DeprecationWarning, match="is now CosineSchedule"):
+        assert at.Cosine is CosineSchedule
+
+
+def test_the_step_size_is_called_eta_and_the_old_name_still_works():
+    t = ThreatModel("linf", 0.3)
+    with pytest.warns(DeprecationWarning, match="use eta="):
+        s = LangevinSampler(t, step_size=0.07, noise_scale=0.0)
+    assert s.eta == 0.07
+    with pytest.warns(DeprecationWarning, match="use .eta"):
+        assert s.step_size == 0.07

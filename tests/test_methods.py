@@ -50,7 +50,7 @@ def test_n_fgsm_is_not_projected_to_the_eps_ball():
 def test_atl_reads_advances_and_writes_back_on_commit_only():
     t = ThreatModel("linf", 0.3)
     bank = AdversarialBank(8, (1, 2, 2), t)
-    atl = ATL(bank, LangevinSampler(t, step_size=0.1, noise_scale=0.0))
+    atl = ATL(bank, LangevinSampler(t, eta=0.1, noise_scale=0.0))
     idx = torch.arange(8)
     x1 = atl.perturb(Linear2(W), X, Y, idx, 0.0)
     assert torch.allclose(x1 - X, 0.1 * SIGN.expand(8, 1, 2, 2))

@@ -40,7 +40,7 @@ def l2(ts):
 # ------------------------------------------------------------------------------------------ reference recomputation
 def reference(kind, steps, lr, normalize, momentum=0.0, nesterov=False, betas=(0.9, 0.999), eps=1e-8,
               adam_eps=1e-8, weight_decay=0.0, decoupled=False, maximize=False):
-    """The update rules of SPEC section 2, written out with plain tensor arithmetic."""
+    """The update rules of adv_transport.optim's docstring (Jelassi et al. 2022), in plain tensor arithmetic."""
     w = [p.detach().clone().double() for p in make_params()]
     buf = [None] * len(w)
     m = [torch.zeros_like(t) for t in w]

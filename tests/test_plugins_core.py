@@ -25,7 +25,7 @@ def test_torchattacks_langevin_attack_matches_sampler():
     model = Linear2(w).train()
     x = torch.full((3, 1, 2, 2), 0.5)
     y = torch.zeros(3, dtype=torch.long)
-    atk = Langevin(model, eps=0.15, step_size=0.1, noise_scale=0.0, steps=2)
+    atk = Langevin(model, eps=0.15, eta=0.1, noise_scale=0.0, steps=2)
     x_adv = atk(x, y)
     expected = x + LangevinSampler(ThreatModel("linf", 0.15), 0.1, 0.0, 2).sample(model, x, y)
     assert torch.allclose(x_adv, expected)

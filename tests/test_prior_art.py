@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from adv_transport import ATL, AdversarialBank, ConfigError, IndexedBatches, LangevinSampler, ThreatModel, Trainer
 from adv_transport.methods import ATTA, FGSMPGI, warmed_up
-from adv_transport.recipes import build_method, recipe
+from adv_transport.recipes import recipe
+from adv_transport.training import build_method
 
 from conftest import Linear2, synthetic_dataset
 
@@ -27,7 +28,7 @@ def test_warmed_up_grows_eps_linearly_then_stays():
 
 def test_atl_eps_warm_up_shrinks_ball_and_step_together():
     t = ThreatModel("linf", 0.2)
-    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0), eps_ramp=4)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), eps_ramp=4)
     d = atl.perturb(Linear2(W), X, Y, IDX, 1.0) - X  # eps 0.05, step 0.1 * 0.05 / 0.2 = 0.025
     assert torch.allclose(d, 0.025 * SIGN.expand(8, 1, 2, 2))
     atl.commit()
@@ -40,7 +41,7 @@ def test_atl_eps_warm_up_shrinks_ball_and_step_together():
 
 def test_atl_reset_every_forgets_the_chains_at_period_boundaries_only():
     t = ThreatModel("linf", 0.3)
-    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0), reset_every=2)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), reset_every=2)
     for epoch, expected in ((0.0, 0.1), (1.5, 0.2), (2.0, 0.1), (3.0, 0.2), (4.2, 0.1)):
         d = atl.perturb(Linear2(W), X, Y, IDX, epoch) - X
         atl.commit()
@@ -131,7 +132,7 @@ def test_free_atl_moves_the_chain_with_the_training_pass_gradient_one_backward_p
     from adv_transport.methods import FreeATL
 
     t = ThreatModel("linf", 0.3)
-    free = FreeATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, step_size=0.1, noise_scale=0.0))
+    free = FreeATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0))
     assert free.input_grad_passes == 0 and free.wants_input_grad
     x_tr = free.perturb(Linear2(W), X, Y, IDX, 0.0)
     assert torch.equal(x_tr, X)  # trains on the stored sample (clean start here)
@@ -146,7 +147,7 @@ def test_free_atl_moves_the_chain_with_the_training_pass_gradient_one_backward_p
     model = Linear2(W)
     bank = AdversarialBank(16, (1, 2, 2), t)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), FreeATL(bank, LangevinSampler(
-        t, step_size=0.1, noise_scale=0.0)), progress=False)
+        t, eta=0.1, noise_scale=0.0)), progress=False)
     calls = {"backward": 0}
     model.register_full_backward_hook(lambda *a: calls.__setitem__("backward", calls["backward"] + 1))
     trainer.fit(IndexedBatches(data, 8, shuffle=False), epochs=1)

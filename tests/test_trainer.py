@@ -10,6 +10,7 @@ from adv_transport import (
     BankMismatchError,
     ConfigError,
     DataRangeError,
+    EmptyLoaderError,
     IndexedBatches,
     LangevinSampler,
     MissingIndexError,
@@ -30,7 +31,7 @@ def make_trainer(run_dir=None, dtype="float32", eps=0.1, checkpoint_every=0, mod
     model = model or TinyCNN()
     threat = ThreatModel("linf", eps)
     bank = AdversarialBank(len(data), data.shape, threat, dtype=dtype, copies=2, init="uniform")
-    method = ATL(bank, LangevinSampler(threat, step_size=0.02, noise_scale=0.2, steps=2))
+    method = ATL(bank, LangevinSampler(threat, eta=0.02, noise_scale=0.2, steps=2))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
     aug = RandomCropFlip(padding=1) if augment else None
@@ -109,7 +110,7 @@ def test_loader_without_indices_is_rejected_with_explanation():
     x, y, _ = data.get(torch.arange(10))
     with pytest.raises(MissingIndexError, match="integer tensor"):
         trainer.fit([(x, y, torch.rand(10))], epochs=1)
-    with pytest.raises(MissingIndexError, match="no batches"):
+    with pytest.raises(EmptyLoaderError, match="no batches"):
         trainer.fit([], epochs=1)
 
 
@@ -271,3 +272,17 @@ def test_mid_epoch_resume_without_a_recorded_loader_state_is_refused(tmp_path):
     resumed.load_state_dict(ckpt)
     with pytest.raises(ConfigError, match="IndexedBatches"):
         resumed.fit(loader, epochs=1)
+
+
+def test_non_finite_parameters_are_not_checkpointed_and_say_so(tmp_path):
+    from adv_transport import NonFiniteError, NonFiniteParameterError
+
+    trainer, batches = make_trainer(tmp_path)
+    trainer.fit(batches, epochs=1)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        trainer.model.net[-1].bias[0] = float("inf")
+    with pytest.raises(NonFiniteParameterError, match="is not finite") as info:
+        trainer.save_checkpoint()
+    assert isinstance(info.value, NonFiniteError) and not isinstance(info.value, NonFiniteLossError)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good

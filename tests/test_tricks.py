@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from adv_transport import FGSMRS, Clean, ConfigError, IndexedBatches, ThreatModel, Trainer
-from adv_transport.recipes import build_training, recipe
+from adv_transport.recipes import recipe
+from adv_transport.training import build_training
 
 from conftest import TinyCNN, synthetic_dataset
 
@@ -122,3 +123,16 @@ def test_recipe_rows_say_which_tricks_they_use():
     assert r.tricks() == ["eps warm-up 5 ep", "EMA 0.999", "label smoothing 0.4", "TRADES beta 6",
                           "best-on-validation", "early stop (drop > 20)"]
     assert recipe("clean", "mnist").tricks() == []
+
+
+def test_recipes_forwards_the_moved_builders_with_a_deprecation_warning():
+    import adv_transport.eval
+    import adv_transport.recipes as recipes
+    import adv_transport.training
+
+    with pytest.warns(DeprecationWarning, match="moved to adv_transport.training.build_training"):
+        assert recipes.build_training is adv_transport.training.build_training
+    with pytest.warns(DeprecationWarning, match="moved to adv_transport.eval.epoch_check"):
+        assert recipes.epoch_check is adv_transport.eval.epoch_check
+    with pytest.raises(AttributeError):
+        recipes.no_such_name  # noqa: B018

@@ -1,0 +1,107 @@
+"""A training run assembled from a :class:`~adv_transport.recipes.Recipe`: the inner step, the optimizer and its LR
+schedule, the model, the seeded batches and the :class:`~adv_transport.trainer.Trainer` that runs them."""
+
+from __future__ import annotations
+
+import torch
+
+from .bank import AdversarialBank
+from .errors import ConfigError
+from .langevin import LangevinSampler
+from .methods import ATL, ATTA, FGSMPGI, FGSMRS, NFGSM, PGD, Clean, FreeATL, InnerStep
+from .recipes import LR_SCHEDULES, METHODS, OPTIMIZERS, Recipe
+from .threat import ThreatModel
+
+
+def build_method(
+    r: Recipe, num_examples: int, shape: tuple[int, ...], seed: int = 0, bank_device: str | torch.device = "cpu"
+) -> InnerStep:
+    """The inner step described by recipe ``r`` (ATL gets a bank sized for ``num_examples`` inputs of ``shape``)."""
+    threat = ThreatModel(r.norm, r.eps)
+    threat.check_input_dim(int(torch.tensor(shape).prod()))
+    if r.method == "clean":
+        return Clean()
+    if r.method == "pgd":
+        return PGD(threat, r.steps or 40, r.step_size or threat.eps / 4, r.model_mode, eps_ramp=r.eps_ramp)
+    if r.method == "fgsm-rs":
+        return FGSMRS(threat, r.step_size, r.model_mode, eps_ramp=r.eps_ramp)
+    if r.method == "n-fgsm":
+        return NFGSM(threat, r.step_size, r.noise_mult, model_mode=r.model_mode, eps_ramp=r.eps_ramp)
+    if r.method == "fgsm-pgi":
+        return FGSMPGI(threat, num_examples, shape, r.step_size, r.pgi_lam, r.pgi_decay,
+                       40 if r.reset_every is None else r.reset_every, r.model_mode, r.eps_ramp, seed=seed)
+    if r.method in ("atl", "atta", "free-atl"):
+        bank = AdversarialBank(
+            num_examples,
+            shape,
+            threat,
+            copies=r.copies,
+            dtype=r.bank_dtype,
+            init=r.bank_init,
+            device=bank_device,
+            seed=seed,
+        )
+        if r.method == "atta":
+            sampler = LangevinSampler(threat, r.step_size or threat.eps / 2, 0.0, 1, r.noise, r.model_mode)
+            return ATTA(bank, sampler, r.eps_ramp, 10 if r.reset_every is None else r.reset_every)
+        sampler = LangevinSampler(
+            threat, r.step_size or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode
+        )
+        return (FreeATL if r.method == "free-atl" else ATL)(bank, sampler, r.eps_ramp, r.reset_every or 0)
+    raise ConfigError(f"unknown method {r.method!r}; accepted: {', '.join(METHODS)}")
+
+
+def build_optimizer(r: Recipe, params, steps_per_epoch: int):
+    """Optimizer and per-batch LR scheduler of recipe ``r``."""
+    if r.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    elif r.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.momentum > 0
+        )
+    else:
+        raise ConfigError(f"unknown optimizer {r.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")
+    if r.lr_schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=r.lr, total_steps=r.epochs * steps_per_epoch, pct_start=r.pct_start
+        )
+    elif r.lr_schedule == "constant":
+        sched = None
+    else:
+        raise ConfigError(f"unknown lr schedule {r.lr_schedule!r}; accepted: {', '.join(LR_SCHEDULES)}")
+    return opt, sched
+
+
+def build_training(
+    r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_n: int = 1000, val=None, val_n: int = 1000,
+    **trainer_kwargs,
+):
+    """Model (seeded initialisation), batches (seeded order), inner step, optimizer, scheduler, augmentation,
+    tricks and per-epoch check of recipe ``r``, assembled into a :class:`~adv_transport.trainer.Trainer`.
+    ``val``: a validation split of the training data (never the test set), checked every epoch when given; recipes
+    with ``select='best'`` or early stopping need it. ``test=None`` skips the per-epoch test check.
+    Returns ``(trainer, batches)``; ``trainer_kwargs`` go to the Trainer (run_dir, progress, config, ...)."""
+    from .augment import RandomCropFlip
+    from .data import IndexedBatches, dataset_flip
+    from .eval import epoch_check, validation_check
+    from .models import model_for_data
+    from .trainer import Trainer
+
+    threat = ThreatModel(r.norm, r.eps)
+    torch.manual_seed(seed)
+    model = model_for_data(r.model, train, r.dataset).to(device)
+    batches = IndexedBatches(train, r.batch_size, seed=seed, device=device)
+    method = build_method(r, len(train), train.shape, seed=seed)
+    opt, sched = build_optimizer(r, model.parameters(), len(batches) * r.replay)
+    augment = RandomCropFlip(padding=4, flip=dataset_flip(r.dataset)) if r.augment else None
+    if (r.select == "best" or r.early_stop_drop is not None) and val is None:
+        raise ConfigError("this recipe selects its model on a validation split (select='best' or early stopping): "
+                          "pass val=<a held-out part of the training set>")
+    trainer = Trainer(
+        model, opt, method, scheduler=sched, clean_weight=r.clean_weight, augment=augment,
+        eval_fn=None if test is None else epoch_check(r.dataset, test, threat, eval_n, device),
+        val_fn=None if val is None else validation_check(r.dataset, val, threat, val_n, device),
+        label_smoothing=r.label_smoothing, loss=r.loss, trades_beta=r.trades_beta, ema_decay=r.ema_decay,
+        select=r.select, early_stop_drop=r.early_stop_drop, replay=r.replay, **trainer_kwargs,
+    )
+    return trainer, batches

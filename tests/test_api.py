@@ -1,0 +1,15 @@
+import adv_transport as at
+
+
+def test_the_public_api_is_sorted_and_every_name_has_a_one_line_summary():
+    assert at.__all__ == sorted(at.__all__)
+    for name in at.__all__:
+        doc = (getattr(at, name).__doc__ or "").strip()
+        summary = doc.split("\n\n")[0]
+        assert doc and "\n" not in summary, f"{name}: {summary[:80]!r}"
+
+
+def test_the_readme_names_are_exported():
+    for name in ("ATL", "LangevinSampler", "Trainer", "NormalizedSGD", "AdaLR", "AdaDir", "evaluate", "load_model",
+                 "load_run", "LinearSchedule", "CosineSchedule", "recipe"):
+        assert name in at.__all__
