@@ -21,6 +21,7 @@ All methods run through the same training loop (:class:`adv_transport.trainer.Tr
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -202,6 +203,13 @@ class NFGSM(_Attacked):
 
 
 
+def _consistency(lam: float, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor | None:
+    """``lam * mean((logits - anchor)**2)``, FGSM-PGI's output-consistency term (None when off or not available)."""
+    if anchor is None or lam == 0:
+        return None
+    return lam * F.mse_loss(logits.float(), anchor.float())
+
+
 class _Stored:
     """Mixin of the inner steps that keep per-example perturbations between visits: they forget them all at the start
     of every ``reset_every``-th epoch (0 = never); ``_cycle`` is the reset period the stored ones belong to."""
@@ -229,11 +237,25 @@ class ATL(_Stored, InnerStep):
         bank, sampler: the bank of chains and the Langevin sampler (same threat).
         eps_ramp: eps warm-up in epochs (see :func:`warmed_up`); the Langevin step size scales with eps during it.
         reset_every: forget every stored chain at the start of every ``reset_every``-th epoch (0 = never).
+        consistency: weight ``lam`` of an output-consistency term in the training loss, ``lam * mean((f(x + delta_new)
+            - f(x + delta_old))**2)`` on the logits, gradients through both (FGSM-PGI's regulariser). The logits at
+            the stored sample come from the chain's first input-gradient pass, so the term costs one more backward
+            through that pass and no forward (0 = off).
     """
 
     name = "atl"
 
-    def __init__(self, bank: AdversarialBank, sampler: LangevinSampler, eps_ramp: float = 0.0, reset_every: int = 0):
+    def __init__(
+        self,
+        bank: AdversarialBank,
+        sampler: LangevinSampler,
+        eps_ramp: float = 0.0,
+        reset_every: int = 0,
+        *,
+        consistency: float = 0.0,
+    ):
+        if not (math.isfinite(consistency) and consistency >= 0):
+            raise ConfigError(f"consistency must be a finite number >= 0, got {consistency!r}")
         if bank.threat != sampler.threat:
             raise ConfigError(f"bank threat {bank.threat} and sampler threat {sampler.threat} differ")
         if int(reset_every) < 0:
@@ -244,8 +266,11 @@ class ATL(_Stored, InnerStep):
         self.input_grad_passes = sampler.steps
         self.eps_ramp = _check_ramp(eps_ramp)
         self.reset_every = int(reset_every)
+        self.consistency = float(consistency)
+        self.extra_param_passes = 1 if self.consistency > 0 else 0
         self._cycle = 0  # index of the reset period the bank's contents belong to
         self._pending = None
+        self._anchor = None
 
     def _forget(self) -> None:
         self.bank.reset()
@@ -256,9 +281,24 @@ class ATL(_Stored, InnerStep):
         threat = warmed_up(self.threat, t, self.eps_ramp)
         if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
             delta = threat.delta_to(x, x + delta)
-        delta = self.sampler.sample(model, x, y, delta, t, threat=threat)
+        if self.consistency > 0:  # the first step by hand, keeping the logits at the stored sample and their graph
+            x = x.detach()
+            x0 = (x + delta).detach().requires_grad_(True)
+            with model_mode(model, self.sampler.model_mode), torch.enable_grad():
+                self._anchor = model(x0)
+                loss = F.cross_entropy(self._anchor, y, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x0, retain_graph=True)
+                delta = self.sampler.move(x, delta, grad, t, threat=threat)
+                for _ in range(self.sampler.steps - 1):
+                    delta = self.sampler.step(model, x, y, delta, t, threat=threat)
+        else:
+            delta = self.sampler.sample(model, x, y, delta, t, threat=threat)
         self._pending = (idx, copy, delta, x.detach())
         return (x + delta).detach()
+
+    def regularizer(self, logits, y):
+        anchor, self._anchor = self._anchor, None
+        return _consistency(self.consistency, logits, anchor)
 
     def commit(self):
         if self._pending is not None:
@@ -267,6 +307,7 @@ class ATL(_Stored, InnerStep):
 
     def discard(self):
         self._pending = None
+        self._anchor = None
 
     def state_dict(self):
         return {"bank": self.bank.state_dict(), "cycle": self._cycle}
@@ -286,6 +327,7 @@ class ATL(_Stored, InnerStep):
             "model_mode": s.model_mode,
             "eps_ramp_epochs": self.eps_ramp,
             "reset_every": self.reset_every,
+            "consistency": self.consistency,
             "bank": self.bank.metadata(),
             "bank_bytes": self.bank.memory_bytes,
         }
@@ -426,9 +468,7 @@ class FGSMPGI(_Stored, _Attacked):
 
     def regularizer(self, logits, y):
         prior, self._prior_logits = self._prior_logits, None
-        if prior is None or self.lam == 0:
-            return None
-        return self.lam * F.mse_loss(logits.float(), prior.float())
+        return _consistency(self.lam, logits, prior)
 
     def commit(self):
         if self._pending is not None:

@@ -69,6 +69,9 @@ class Recipe:
     reset_every: int | None = _setting(None, "atl, atta, fgsm-pgi: forget the stored perturbations every N epochs")
     pgi_lam: float = _setting(10.0, "FGSM-PGI: weight of the output-consistency term")
     pgi_decay: float = _setting(0.3, "FGSM-PGI: gradient momentum decay")
+    consistency: float = _setting(
+        0.0, "ATL: weight of the output consistency between the chain's new and stored sample (FGSM-PGI's term)"
+    )
     # tricks available to every method (all off by default)
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
     loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)
@@ -99,6 +102,8 @@ class Recipe:
             out.append("best-on-validation")
         if self.early_stop_drop is not None:
             out.append(f"early stop (drop > {self.early_stop_drop:g})")
+        if self.consistency > 0:
+            out.append(f"consistency {self.consistency:g}")
         if self.replay > 1:
             out.append(f"replay x{self.replay}")
         return out

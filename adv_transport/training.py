@@ -47,7 +47,9 @@ def build_method(
         sampler = LangevinSampler(
             threat, r.step_size or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode
         )
-        return (FreeATL if r.method == "free-atl" else ATL)(bank, sampler, r.eps_ramp, r.reset_every or 0)
+        if r.method == "free-atl":
+            return FreeATL(bank, sampler, r.eps_ramp, r.reset_every or 0)
+        return ATL(bank, sampler, r.eps_ramp, r.reset_every or 0, consistency=r.consistency)
     raise ConfigError(f"unknown method {r.method!r}; accepted: {', '.join(METHODS)}")
 
 

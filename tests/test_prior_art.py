@@ -177,3 +177,25 @@ def test_replay_trains_each_batch_several_times_in_a_row():
     assert trainer.counts["param_grad_evals"] == 48
     with pytest.raises(ConfigError, match="replay"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), Clean(), replay=0)
+
+
+def test_atl_consistency_term_uses_the_chains_first_pass_and_is_counted():
+    t = ThreatModel("linf", 0.3)
+    model = Linear2(W)
+    bank = AdversarialBank(8, (1, 2, 2), t)
+    start = t.uniform(X)
+    bank.write(IDX, torch.zeros(8, dtype=torch.long), start, X)
+    atl = ATL(bank, LangevinSampler(t, eta=0.1, noise_scale=0.0), consistency=10.0)
+    x_tr = atl.perturb(model, X, Y, IDX, 0.0)
+    assert torch.allclose(x_tr - X, t.delta_to(X, X + start + 0.1 * SIGN.expand(8, 1, 2, 2)))  # the same step
+    logits = model(x_tr)
+    reg = atl.regularizer(logits, Y)
+    assert reg.requires_grad
+    assert torch.allclose(reg, 10.0 * ((logits - model(X + start)) ** 2).mean())
+    assert atl.regularizer(logits, Y) is None and atl.extra_param_passes == 1
+    plain = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0))
+    assert plain.extra_param_passes == 0 and plain.regularizer(logits, Y) is None
+    with pytest.raises(ConfigError, match="consistency"):
+        ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t), consistency=-1.0)
+    r = recipe("atl", "cifar10").replace(consistency=10.0)
+    assert build_method(r, 8, (3, 32, 32)).consistency == 10.0 and "consistency 10" in r.tricks()
