@@ -243,13 +243,25 @@ class ATL(InnerStep):
                 self.bank.reset()
                 self._cycle = cycle
 
+    def _read(self, idx, x):
+        """Read the batch's chains; with a keyed visit (set by the trainer of a distributed run, see
+        :mod:`adv_transport.rng`) the copy choice, the start and the Langevin noise come from (seed, epoch, index)."""
+        visit = getattr(self, "visit", None)
+        if visit is None:
+            return self.bank.read(idx, x), None
+        copy = visit.copies(self.bank.copies, device=x.device)
+        start = None
+        if self.bank.init == "uniform":
+            start = visit.uniform_start(self.bank.threat, x, copy, self.bank.copies)
+        return self.bank.read(idx, x, copy=copy, start=start), visit.langevin()
+
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
-        delta, copy = self.bank.read(idx, x)
+        (delta, copy), noise = self._read(idx, x)
         threat = warmed_up(self.threat, t, self.eps_ramp)
         if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
             delta = threat.delta_to(x, x + delta)
-        delta = self.sampler.sample(model, x, y, delta, t, threat=threat)
+        delta = self.sampler.sample(model, x, y, delta, t, generator=noise, threat=threat)
         self._pending = (idx, copy, delta, x.detach())
         return (x + delta).detach()
 
@@ -305,11 +317,11 @@ class FreeATL(ATL):
 
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
-        delta, copy = self.bank.read(idx, x)
+        (delta, copy), noise = self._read(idx, x)
         threat = warmed_up(self.threat, t, self.eps_ramp)
         if threat is not self.threat:
             delta = threat.delta_to(x, x + delta)
-        self._pending = (idx, copy, delta, x.detach(), t, threat)
+        self._pending = (idx, copy, delta, x.detach(), t, threat, noise)
         self._grad = None
         return (x + delta).detach()
 
@@ -318,8 +330,8 @@ class FreeATL(ATL):
 
     def commit(self):
         if self._pending is not None and self._grad is not None:
-            idx, copy, delta, x, t, threat = self._pending
-            self.bank.write(idx, copy, self.sampler.move(x, delta, self._grad.detach(), t, threat=threat), x)
+            idx, copy, delta, x, t, threat, noise = self._pending
+            self.bank.write(idx, copy, self.sampler.move(x, delta, self._grad.detach(), t, noise, threat), x)
         self._pending, self._grad = None, None
 
     def discard(self):
