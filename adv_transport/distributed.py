@@ -218,7 +218,8 @@ class ShardedBank(AdversarialBank):
         home = self.storage.device
         rows = self.rows_of(idx.to(home, non_blocking=True))
         if copy is None:
-            copy = self.sample_copies(idx.numel()).to(home)
+            copy = (torch.zeros(idx.numel(), dtype=torch.long, device=home) if self.copies == 1
+                    else self.sample_copies(idx.numel()))
         copy = copy.to(home, non_blocking=True).long()
         key = rows * self.copies + copy
         stored = self._gather(self.storage, key, x.device)
@@ -455,8 +456,6 @@ class Runtime:
             raise ConfigError(f"--bank-device {bank_device!r} is not accepted; accepted: {', '.join(BANK_DEVICES)}")
         if self.bank_device == "cuda" and self.device.type != "cuda":
             raise ConfigError("--bank-device cuda needs training on a GPU (--device cuda)")
-        if self.amp != "off" and self.device.type == "cpu" and self.amp == "fp16":
-            raise ConfigError("--amp fp16 needs a GPU; on the CPU use --amp bf16 or off")
         if self.sync_bn and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs GPUs (torch's SyncBatchNorm runs on CUDA devices only)")
         self.scaler = accel.grad_scaler(self.amp, self.device)

@@ -437,7 +437,7 @@ class Trainer:
         self.counts["param_grad_evals"] += b * (1 + clean_passes + self.method.extra_param_passes)
         self.counts["examples"] += b
         if deferred:  # statistics stay on the device until the next sync
-            return loss_value.float() * b, (logits.argmax(1) == y).sum()
+            return loss_value.double() * b, (logits.argmax(1) == y).sum()
         return float(loss.detach()) * b, int((logits.argmax(1) == y).sum())
 
     def fit(self, batches, epochs: int, eval_fn: Callable[[nn.Module], dict] | None = None) -> list[dict]:
