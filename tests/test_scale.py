@@ -202,3 +202,31 @@ def test_sync_batchnorm_and_float16_on_the_gpu():
     trainer, _ = _trainer(rt, bank=bank, model=model)
     trainer.fit(IndexedBatches(data, 16, device="cuda"), epochs=1)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ the benchmark
+
+
+def _gpu_step():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_step.py"
+    spec = importlib.util.spec_from_file_location("gpu_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_step_benchmark_runs_quick_on_the_cpu(tmp_path):
+    result = _gpu_step().main(["--device", "cpu", "--bank-device", "cpu", "--quick", "--out", str(tmp_path / "g")])
+    assert set(result["methods"]) == {"clean", "atl", "fgsm-rs"}
+    assert 0 < result["atl_bank_bookkeeping"]["share_of_atl_step"] < 1
+    assert "bank bookkeeping" in (tmp_path / "g.md").read_text()
+
+
+@cuda
+@pytest.mark.parametrize("bank_device", ["cuda", "cpu"])
+def test_gpu_step_benchmark_fast_path(bank_device):
+    result = _gpu_step().main(["--quick", "--amp", "bf16", "--channels-last", "--bank-device", bank_device])
+    assert result["methods"]["atl"]["ms_per_step"] > 0
