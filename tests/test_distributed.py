@@ -249,10 +249,14 @@ def test_torchrun_runs_the_command_line(mnist_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
            "-m", "adv_transport", "train", "--method", "atl", "--dataset", "mnist", "--epochs", "1", "--batch-size",
-           "32", "--eval-n", "20", "--no-progress", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out)]
+           "32", "--eval-n", "20", "--no-progress", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out),
+           "--bank-dtype", "int8", "--bank-path", str(tmp_path / "bank")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("training atl on mnist (200 examples) on 2 ranks") == 1  # rank 0 alone prints
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["input_grad_evals"] == (200 // 32) * 32
     assert sorted(p.name for p in (out / "ranks" / "e1-s0").iterdir()) == ["rank0-of-2.pt", "rank1-of-2.pt"]
+    shard = torch.load(out / "ranks" / "e1-s0" / "rank1-of-2.pt", weights_only=True)["bank"]
+    assert shard["memmap"] == str(tmp_path / "bank.rank1-of-2") and "storage" not in shard  # recorded, not copied
+    assert json.loads((tmp_path / "bank.rank1-of-2.json").read_text())["num_examples"] == 200
