@@ -560,6 +560,9 @@ class Runtime:
         self.views = (inner, outer)
         bank = getattr(trainer.method, "bank", None)
         if self.distributed:
+            if bank is None and hasattr(trainer.method, "delta"):
+                raise ConfigError(f"{trainer.method.name} keeps per-example state outside a bank, which is not "
+                                  "sharded: it cannot run under torchrun yet (atl, free-atl and atta can)")
             if isinstance(bank, AdversarialBank) and not isinstance(bank, ShardedBank):
                 raise ConfigError("a distributed run needs the bank of its Runtime (runtime.bank(...)): a whole bank "
                                   "on every rank would hold N copies and be written by every rank")

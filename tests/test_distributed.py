@@ -260,3 +260,19 @@ def test_torchrun_runs_the_command_line(mnist_dir, tmp_path):
     shard = torch.load(out / "ranks" / "e1-s0" / "rank1-of-2.pt", weights_only=True)["bank"]
     assert shard["memmap"] == str(tmp_path / "bank.rank1-of-2") and "storage" not in shard  # recorded, not copied
     assert json.loads((tmp_path / "bank.rank1-of-2.json").read_text())["num_examples"] == 200
+
+
+def test_fgsm_pgi_state_is_not_sharded_and_is_refused(monkeypatch):
+    from adv_transport import Trainer
+    from adv_transport.methods import FGSMPGI
+
+    from conftest import TinyCNN
+
+    rt = _one_rank(monkeypatch)
+    try:
+        model = TinyCNN()
+        method = FGSMPGI(ThreatModel("linf", 0.1), N, (1, 8, 8))
+        with pytest.raises(Exception, match="cannot run under torchrun"):
+            Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), method, progress=False, runtime=rt)
+    finally:
+        rt.close()
