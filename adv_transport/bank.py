@@ -43,7 +43,6 @@ import math
 import os
 from typing import Any
 
-import numpy as np
 import torch
 
 from .errors import BankMismatchError, ConfigError, settings_differ
@@ -78,7 +77,9 @@ class AdversarialBank:
             of step ``||delta||_inf / 127`` per example and copy). Error bounds: see the module docstring.
         init: ``zero`` (start from the clean input) or ``uniform`` (uniform in the ball, clipped to [0, 1]).
         device: where the storage lives (default CPU; put it on the GPU when it fits).
-        path: if given, the storage is a memory-mapped file at this path (for banks larger than RAM).
+        path: if given, the storage is a memory-mapped file at this path (for banks larger than RAM), with its
+            initialised-flags beside it; an existing file that matches is opened as it is, one that does not is
+            refused; checkpoints flush it and record the path (:mod:`adv_transport.bankfile`).
         seed: seed of the bank's own generator (copy choice and uniform initialisation).
     """
 
@@ -115,12 +116,16 @@ class AdversarialBank:
         self.path = None if path is None else os.fspath(path)
         self.generator = torch.Generator().manual_seed(int(seed))
         full = (self.num_examples, self.copies) + self.shape
-        if self.path is None:
-            self.storage = torch.zeros(full, dtype=DTYPES[dtype], device=device)
-        else:
-            np_dtype = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[dtype]
-            mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np_dtype, shape=full)
-            self.storage = torch.from_numpy(mm)
+        self._memmaps = []
+        if self.path is not None:
+            from .bankfile import open_bank_files
+
+            scale_fill = self.threat.eps / _INT8_LEVELS if self.per_example_scale else None
+            self.storage, self.initialized, self.row_scale, self._memmaps = open_bank_files(
+                self.path, self.metadata(), full, dtype, scale_fill
+            )
+            return
+        self.storage = torch.zeros(full, dtype=DTYPES[dtype], device=device)
         self.initialized = torch.zeros(self.num_examples, self.copies, dtype=torch.bool, device=self.storage.device)
         # int8 l2: one grid step per (example, copy); eps/127 until written (the grid of banks saved without scales)
         self.row_scale = None
@@ -248,11 +253,12 @@ class AdversarialBank:
             return torch.zeros(n, dtype=torch.long)
         return torch.randint(self.copies, (n,), generator=self.generator)
 
-    def read(self, idx: torch.Tensor, x: torch.Tensor, copy: torch.Tensor | None = None):
+    def read(self, idx: torch.Tensor, x: torch.Tensor, copy: torch.Tensor | None = None, start=None):
         """Return ``(delta, copy)`` for the examples ``idx`` with clean inputs ``x`` (delta on x's device, float32).
 
         Copies never written before start here (``zero`` or ``uniform`` in the ball); a start is stored by the next
-        :meth:`write` of that copy, so reading alone never changes the bank.
+        :meth:`write` of that copy, so reading alone never changes the bank. ``start``: the uniform starts to use
+        for the batch (drawn per example by :mod:`adv_transport.rng`) instead of the bank's generator.
         """
         idx = self._check_index(idx)
         self._check_batch(x, idx)
@@ -261,7 +267,10 @@ class AdversarialBank:
         scale = None if self.row_scale is None else self.row_scale[idx, copy]
         delta = self._decode(self.storage[idx, copy], scale).to(device=x.device, dtype=x.dtype)
         fresh = ~self.initialized[idx, copy]
-        if self.init == "uniform" and bool(fresh.any()):
+        if self.init == "uniform" and start is not None:  # no host synchronisation
+            fresh = fresh.to(x.device, non_blocking=True).view(-1, *([1] * (x.dim() - 1)))
+            delta = torch.where(fresh, start.to(dtype=delta.dtype), delta)
+        elif self.init == "uniform" and bool(fresh.any()):
             xf = x[fresh.to(x.device)]
             cpu_gen_x = torch.empty(xf.shape, dtype=xf.dtype)
             start = self.threat.uniform(cpu_gen_x.copy_(xf.detach().cpu()), generator=self.generator)
@@ -316,7 +325,16 @@ class AdversarialBank:
             "init": self.init,
         }
 
+    def flush(self) -> None:
+        """Write a memory-mapped bank's pages to its files (no-op in memory)."""
+        for m in self._memmaps:
+            m.flush()
+
     def state_dict(self) -> dict[str, Any]:
+        if self.path is not None:  # flushed and recorded, not copied into RAM
+            self.flush()
+            return {"metadata": self.metadata(), "memmap": os.path.abspath(self.path),
+                    "generator": self.generator.get_state()}
         state = {
             "metadata": self.metadata(),
             "storage": self.storage.detach().cpu().clone(),
@@ -347,6 +365,18 @@ class AdversarialBank:
         )
         if differ:
             raise BankMismatchError(differ)
+        if "memmap" in state:  # a memory-mapped bank: the checkpoint names its file
+            stored = str(state["memmap"])
+            if self.path is None or not os.path.exists(stored) or not os.path.samefile(stored, self.path):
+                raise BankMismatchError(
+                    f"the checkpoint's bank is the memory-mapped file {stored}; this run's bank is "
+                    f"{self.path or 'in memory'}: resume with --bank-path {stored}"
+                )
+            try:
+                torch.Generator().set_state(state.get("generator"))
+            except (TypeError, RuntimeError) as e:
+                raise BankMismatchError(f"the stored adversarial bank's generator state is not valid ({e})") from None
+            return
         expected = {"storage": tuple(self.storage.shape), "initialized": tuple(self.initialized.shape)}
         if self.row_scale is not None and state.get("row_scale") is not None:
             expected["row_scale"] = tuple(self.row_scale.shape)
@@ -365,6 +395,9 @@ class AdversarialBank:
         """Restore a bank; refuses (and leaves this bank untouched) if shape, K, norm, eps or dtype differ or a part
         of the state is missing. An int8 l2 bank saved without per-example scales used the grid eps/127."""
         self.check_state_dict(state)
+        if "memmap" in state:  # the data is the file this bank has open
+            self.generator.set_state(state["generator"])
+            return
         self.storage.copy_(state["storage"].to(self.storage.device))
         self.initialized.copy_(state["initialized"].to(self.initialized.device))
         if self.row_scale is not None:

@@ -22,6 +22,7 @@ from .data import (
     is_streamed,
     load_dataset,
 )
+from .distributed import add_scale_args, runtime_from_args
 from .errors import AdvTransportError, ConfigError, settings_differ
 from .models import MODELS
 from .recipes import METHODS, Recipe, recipe
@@ -92,6 +93,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")
+    add_scale_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
 
 
 def make_recipe(args):
@@ -149,7 +151,22 @@ def _default_out(r) -> Path:
 def run_train(args) -> Trainer:
     r = make_recipe(args)
     threat = ThreatModel(r.norm, r.eps)
-    device = _device(args.device)
+    runtime = runtime_from_args(args, args.device, args.seed)  # under torchrun: joins the process group
+    try:
+        return _run_train(args, r, threat, runtime)
+    finally:
+        if runtime is not None:
+            runtime.close()
+
+
+def _run_train(args, r, threat, runtime) -> Trainer:
+    device = _device(args.device) if runtime is None else runtime.device
+    main_rank = runtime is None or runtime.is_main  # rank 0 alone prints and repairs files
+
+    def say(text: str) -> None:
+        if main_rank:
+            print(text, file=sys.stderr)
+
     out = Path(args.out or _default_out(r))
     ckpt = out / "checkpoint.pt"
     image_size = image_size_of(r.dataset, getattr(args, "image_size", None))
@@ -160,15 +177,21 @@ def run_train(args) -> Trainer:
         "eval_n": args.eval_n,
         "image_size": image_size,
     }
+    if runtime is not None:
+        config["runtime"] = {"world_size": runtime.world_size, "amp": runtime.amp, "bank_device": runtime.bank_device,
+                             "channels_last": runtime.channels_last, "compile": runtime.compile,
+                             "sync_bn": runtime.sync_bn, "bank_path": runtime.bank_path}
     if ckpt.is_file() or previous_path(ckpt).is_file():
         if not args.resume:
             raise ConfigError(
                 f"{out} already holds a checkpoint; pass --resume to continue it, or choose another "
                 "--out (nothing was overwritten)"
             )
-        note = recover_checkpoint(out)  # a corrupt checkpoint.pt: resume from checkpoint.prev.pt, and say so
+        note = recover_checkpoint(out) if main_rank else None  # a corrupt checkpoint.pt: use the previous one
+        if runtime is not None:
+            runtime.barrier()
         if note:
-            print(f"adv-transport train: {note}", file=sys.stderr)
+            say(f"adv-transport train: {note}")
         stored = load_checkpoint(ckpt, fallback=False).get("config", {})
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
         differ = settings_differ(
@@ -179,6 +202,12 @@ def run_train(args) -> Trainer:
         )
         if differ:
             raise ConfigError(differ)
+    elif runtime is not None and runtime.bank_path and r.method in ("atl", "free-atl", "atta"):
+        if Path(runtime.bank_file()).exists():
+            raise ConfigError(
+                f"the bank file {runtime.bank_file()} already exists and {out} holds no checkpoint to resume: remove "
+                "it or choose another --bank-path (nothing was overwritten)"
+            )
     size = image_size if is_streamed(r.dataset) else None
     workers = getattr(args, "workers", None)
     train = load_dataset(r.dataset, "train", args.data_dir, image_size=size, num_workers=workers)
@@ -196,24 +225,24 @@ def run_train(args) -> Trainer:
         checkpoint_every=args.checkpoint_every,
         progress=not args.no_progress,
         config=config,
+        runtime=runtime,
     )
     method = trainer.method
     if args.resume and trainer.resume():
-        print(f"resumed {ckpt} at epoch {trainer.epoch} step {trainer.step}", file=sys.stderr)
-    print(
-        f"training {r.method} on {r.dataset} ({len(train)} examples), model {r.model}, {threat.norm} eps={r.eps:.4g}, "
-        f"{r.epochs} epochs -> {out}",
-        file=sys.stderr,
+        say(f"resumed {ckpt} at epoch {trainer.epoch} step {trainer.step}")
+    ranks = "" if runtime is None or not runtime.distributed else f" on {runtime.world_size} ranks"
+    say(
+        f"training {r.method} on {r.dataset} ({len(train)} examples){ranks}, model {r.model}, {threat.norm} "
+        f"eps={r.eps:.4g}, {r.epochs} epochs -> {out}"
     )
     if hasattr(method, "bank"):
-        print(f"bank: {method.bank}", file=sys.stderr)
+        say(f"bank: {method.bank}" + (" (this rank's shard)" if ranks else ""))
     start = time.perf_counter()
     trainer.fit(batches, r.epochs)
     last = trainer.history[-1]
-    print(
+    say(
         f"done in {time.perf_counter() - start:.0f} s: clean {last['clean_acc']:.1f} %, PGD-{last['eval_pgd_steps']} "
-        f"{last['pgd_acc']:.1f} % on the first {last['eval_n']} test points; log {trainer.log_path}",
-        file=sys.stderr,
+        f"{last['pgd_acc']:.1f} % on the first {last['eval_n']} test points; log {trainer.log_path}"
     )
     return trainer
 

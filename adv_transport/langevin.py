@@ -113,7 +113,10 @@ class LangevinSampler:
 
     def _noise(self, like: torch.Tensor, amplitude: float, generator: torch.Generator | None) -> torch.Tensor:
         """``amplitude * xi``, xi uniform in [-1, 1] or standard Gaussian per coordinate. With a ``generator`` the
-        draw happens on the CPU (reproducible across devices); without one, in one pass on ``like``'s device."""
+        draw happens on the CPU (reproducible across devices); without one, in one pass on ``like``'s device. A
+        per-example keyed source (:class:`adv_transport.rng.LangevinNoise`) draws xi from (seed, epoch, index)."""
+        if hasattr(generator, "noise"):
+            return generator.noise(like, self.noise).mul_(amplitude)
         if generator is not None:
             if self.noise == "uniform":
                 xi = torch.rand(like.shape, generator=generator, dtype=like.dtype) * 2 - 1

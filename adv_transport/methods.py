@@ -149,7 +149,6 @@ class PGD(_Attacked):
             return pgd(model, x, y, self.threat_at(t), self.steps, self.step_size, random_start=True)
 
 
-
 class FGSMRS(_Attacked):
     """FGSM from a uniform random start in the ball, step ``alpha`` (default 1.25 eps), projected."""
 
@@ -168,7 +167,6 @@ class FGSMRS(_Attacked):
         step = self.step_size * threat.eps / self.threat.eps
         with model_mode(model, self.model_mode):
             return fgsm(model, x, y, threat, step, start=x + threat.uniform(x))
-
 
 
 class NFGSM(_Attacked):
@@ -200,7 +198,6 @@ class NFGSM(_Attacked):
             x_start = x + ThreatModel(threat.norm, threat.eps * self.noise_mult).uniform(x)
         with model_mode(model, self.model_mode):
             return fgsm(model, x, y, threat, self.step_size * scale, start=x_start, project=False)
-
 
 
 def _consistency(lam: float, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor | None:
@@ -275,9 +272,21 @@ class ATL(_Stored, InnerStep):
     def _forget(self) -> None:
         self.bank.reset()
 
+    def _read(self, idx, x):
+        """Read the batch's chains; with a keyed visit (set by the trainer of a distributed run, see
+        :mod:`adv_transport.rng`) the copy choice, the start and the Langevin noise come from (seed, epoch, index)."""
+        visit = getattr(self, "visit", None)
+        if visit is None:
+            return self.bank.read(idx, x), None
+        copy = visit.copies(self.bank.copies, device=x.device)
+        start = None
+        if self.bank.init == "uniform":
+            start = visit.uniform_start(self.bank.threat, x, copy, self.bank.copies)
+        return self.bank.read(idx, x, copy=copy, start=start), visit.langevin()
+
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
-        delta, copy = self.bank.read(idx, x)
+        (delta, copy), noise = self._read(idx, x)
         threat = warmed_up(self.threat, t, self.eps_ramp)
         if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
             delta = threat.delta_to(x, x + delta)
@@ -288,11 +297,11 @@ class ATL(_Stored, InnerStep):
                 self._anchor = model(x0)
                 loss = F.cross_entropy(self._anchor, y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, x0, retain_graph=True)
-                delta = self.sampler.move(x, delta, grad, t, threat=threat)
+                delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
                 for _ in range(self.sampler.steps - 1):
-                    delta = self.sampler.step(model, x, y, delta, t, threat=threat)
+                    delta = self.sampler.step(model, x, y, delta, t, generator=noise, threat=threat)
         else:
-            delta = self.sampler.sample(model, x, y, delta, t, threat=threat)
+            delta = self.sampler.sample(model, x, y, delta, t, generator=noise, threat=threat)
         self._pending = (idx, copy, delta, x.detach())
         return (x + delta).detach()
 
@@ -354,11 +363,11 @@ class FreeATL(ATL):
 
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
-        delta, copy = self.bank.read(idx, x)
+        (delta, copy), noise = self._read(idx, x)
         threat = warmed_up(self.threat, t, self.eps_ramp)
         if threat is not self.threat:
             delta = threat.delta_to(x, x + delta)
-        self._pending = (idx, copy, delta, x.detach(), t, threat)
+        self._pending = (idx, copy, delta, x.detach(), t, threat, noise)
         self._grad = None
         return (x + delta).detach()
 
@@ -367,8 +376,8 @@ class FreeATL(ATL):
 
     def commit(self):
         if self._pending is not None and self._grad is not None:
-            idx, copy, delta, x, t, threat = self._pending
-            self.bank.write(idx, copy, self.sampler.move(x, delta, self._grad.detach(), t, threat=threat), x)
+            idx, copy, delta, x, t, threat, noise = self._pending
+            self.bank.write(idx, copy, self.sampler.move(x, delta, self._grad.detach(), t, noise, threat), x)
         self._pending, self._grad = None, None
 
     def discard(self):

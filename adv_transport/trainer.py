@@ -88,6 +88,9 @@ class Trainer:
             divide the epochs by it for the same cost). A per-batch LR scheduler steps once per replay.
         early_stop_drop: stop training when ``val_pgd_acc`` falls more than this many points below its best so far
             (Wong et al. 2020's guard against catastrophic overfitting); the best epoch's weights are kept.
+        runtime: how the steps run beyond one process on one device (:class:`adv_transport.distributed.Runtime`:
+            DistributedDataParallel, a sharded bank, per-example random numbers, mixed precision, statistics kept on
+            the device); None runs everything here, as before.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Trainer:
         select: str = "last",
         early_stop_drop: float | None = None,
         replay: int = 1,
+        runtime: Any = None,
     ):
         if loss not in LOSSES:
             raise ConfigError(f"loss {loss!r} not accepted; accepted: {', '.join(LOSSES)}")
@@ -170,6 +174,10 @@ class Trainer:
         self._epoch_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self._loader_rng = None  # random states at the start of the current epoch (loaders other than IndexedBatches)
         self._train_modes = None  # the modes the model trains in, set by fit
+        self._round = 0  # which replay of the current batch
+        self.runtime = runtime
+        if runtime is not None:
+            runtime.attach(self)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -216,6 +224,8 @@ class Trainer:
                     step=self.step,
                     checkpoint=str(self.checkpoint_path),
                 )
+        if self.runtime is not None:  # every rank's file, then rank 0's checkpoint.pt
+            return self.runtime.save_checkpoint(self)
         return atomic_save(self.state_dict(), self.checkpoint_path, keep_previous=True)  # and checkpoint.prev.pt
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -279,8 +289,12 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None or not (path.is_file() or (path.is_dir() and (path / "checkpoint.pt").is_file())):
             return False
-        self.load_state_dict(load_checkpoint(path))
-        if self.log_path is not None:  # the log holds exactly the epochs the checkpoint knows
+        state = load_checkpoint(path)
+        self.load_state_dict(state)
+        if self.runtime is not None:  # this rank's random states and bank shard
+            self.runtime.resumed(self, state, path)
+        if self.log_path is not None and (self.runtime is None or self.runtime.is_main):
+            # the log holds exactly the epochs the checkpoint knows
             atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.log_path)
         return True
 
@@ -358,13 +372,20 @@ class Trainer:
     def _train_step(self, x, y, idx, t: float) -> tuple[float, int]:
         model = self.model
         self._training_modes()
-        view = model
+        view = outer = model
+        rt = self.runtime
+        if rt is not None:  # inner steps on the bare module, the training pass through DDP; keyed random numbers
+            view, outer = rt.views
+            self.method.visit = rt.visit(self.epoch, idx, self._round)
         if self.augment is not None:
-            view = Augmented(model, self.augment.sample(x), self.augment.padding)
+            params = self.augment.sample(x) if rt is None else rt.augment_params(self.augment, x, self.method.visit)
+            view = Augmented(view, params, self.augment.padding)
+            outer = Augmented(outer, params, self.augment.padding)
         x_adv = self.method.perturb(view, x, y, idx, t)
         if self.method.wants_input_grad:  # free ATL: the same backward also gives the input gradient
             x_adv = x_adv.detach().requires_grad_(True)
         self._training_modes()
+        view = outer
         logits = view(x_adv)
         clean_passes = 0
         if self.loss == "trades":
@@ -383,7 +404,8 @@ class Trainer:
         if extra is not None:
             loss = loss + extra
         loss_value = loss.detach()
-        if not torch.isfinite(loss_value):
+        deferred = rt is not None and rt.sync_every > 1  # no host synchronisation: checked every sync_every steps
+        if not deferred and not torch.isfinite(loss_value):
             self.method.discard()
             ckpt = str(self.checkpoint_path) if self.checkpoint_path and self.checkpoint_path.is_file() else None
             raise NonFiniteLossError(
@@ -396,10 +418,15 @@ class Trainer:
                 checkpoint=ckpt,
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = None if rt is None else rt.scaler  # float16 mixed precision
+        (loss if scaler is None else scaler.scale(loss)).backward()
         if self.method.wants_input_grad:
             self.method.receive_input_grad(x_adv.grad)
-        self.optimizer.step()
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(model)
         self.method.commit()
@@ -409,6 +436,8 @@ class Trainer:
         self.counts["input_grad_evals"] += b * self.method.input_grad_passes
         self.counts["param_grad_evals"] += b * (1 + clean_passes + self.method.extra_param_passes)
         self.counts["examples"] += b
+        if deferred:  # statistics stay on the device until the next sync
+            return loss_value.double() * b, (logits.argmax(1) == y).sum()
         return float(loss.detach()) * b, int((logits.argmax(1) == y).sum())
 
     def fit(self, batches, epochs: int, eval_fn: Callable[[nn.Module], dict] | None = None) -> list[dict]:
@@ -474,9 +503,11 @@ class Trainer:
         stats = self._epoch_stats
         for batch in self._batches(batches, self.epoch, self.step):
             x, y, idx = self._unpack(batch, self.epoch, self.step)
-            check_unit_range(x, f"epoch {self.epoch} step {self.step}: training inputs")
+            if self.runtime is None or not self.runtime.data_checked:  # else checked once, when loaded
+                check_unit_range(x, f"epoch {self.epoch} step {self.step}: training inputs")
             t = self.epoch + (self.step / steps_per_epoch if steps_per_epoch else 0.0)
-            for _ in range(self.replay):  # Free-AT's minibatch replay (1 = each batch once)
+            for replay_round in range(self.replay):  # Free-AT's minibatch replay (1 = each batch once)
+                self._round = replay_round
                 start = time.perf_counter()
                 loss_sum, correct = self._train_step(x, y, idx, t)
                 dt = time.perf_counter() - start
@@ -487,9 +518,10 @@ class Trainer:
                 stats["seen"] += x.shape[0]
             self.step += 1
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{stats['loss_sum'] / stats['seen']:.3f}", acc=f"{stats['correct'] / stats['seen']:.3f}"
-            )
+            if self.runtime is None or self.runtime.step_done(self):  # else read every sync_every steps
+                bar.set_postfix(
+                    loss=f"{stats['loss_sum'] / stats['seen']:.3f}", acc=f"{stats['correct'] / stats['seen']:.3f}"
+                )
             if self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -497,6 +529,8 @@ class Trainer:
             raise EmptyLoaderError(f"epoch {self.epoch}: the loader yielded no batches")
         if self.scheduler is not None and self.scheduler_step == "epoch":
             self.scheduler.step()
+        if self.runtime is not None:  # totals over every rank, read from the device
+            self.runtime.sync_stats(self)
         record = {
             "epoch": self.epoch + 1,
             "method": self.method.name,
@@ -519,7 +553,7 @@ class Trainer:
         self.epoch += 1
         self.step = 0
         self._epoch_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        if self.log_path is not None:
+        if self.log_path is not None and (self.runtime is None or self.runtime.is_main):
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")

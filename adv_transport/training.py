@@ -14,9 +14,11 @@ from .threat import ThreatModel
 
 
 def build_method(
-    r: Recipe, num_examples: int, shape: tuple[int, ...], seed: int = 0, bank_device: str | torch.device = "cpu"
+    r: Recipe, num_examples: int, shape: tuple[int, ...], seed: int = 0, bank_device: str | torch.device = "cpu",
+    make_bank=AdversarialBank,
 ) -> InnerStep:
-    """The inner step described by recipe ``r`` (ATL gets a bank sized for ``num_examples`` inputs of ``shape``)."""
+    """The inner step described by recipe ``r`` (ATL gets a bank sized for ``num_examples`` inputs of ``shape``, made
+    by ``make_bank``: a distributed run's :meth:`~adv_transport.distributed.Runtime.bank` holds one rank's shard)."""
     threat = ThreatModel(r.norm, r.eps)
     threat.check_input_dim(int(torch.tensor(shape).prod()))
     if r.method == "clean":
@@ -31,7 +33,7 @@ def build_method(
         return FGSMPGI(threat, num_examples, shape, r.step_size, r.pgi_lam, r.pgi_decay,
                        40 if r.reset_every is None else r.reset_every, r.model_mode, r.eps_ramp, seed=seed)
     if r.method in ("atl", "atta", "free-atl"):
-        bank = AdversarialBank(
+        bank = make_bank(
             num_examples,
             shape,
             threat,
@@ -76,12 +78,14 @@ def build_optimizer(r: Recipe, params, steps_per_epoch: int):
 
 def build_training(
     r: Recipe, train, test, *, seed: int = 0, device="cpu", eval_n: int = 1000, val=None, val_n: int = 1000,
-    **trainer_kwargs,
+    runtime=None, **trainer_kwargs,
 ):
     """Model (seeded initialisation), batches (seeded order), inner step, optimizer, scheduler, augmentation,
     tricks and per-epoch check of recipe ``r``, assembled into a :class:`~adv_transport.trainer.Trainer`.
     ``val``: a validation split of the training data (never the test set), checked every epoch when given; recipes
     with ``select='best'`` or early stopping need it. ``test=None`` skips the per-epoch test check.
+    ``runtime``: an :class:`adv_transport.distributed.Runtime` (many ranks, fast GPU path): it places the model, makes
+    the batches (this rank's shard, global batch ``r.batch_size``) and the bank (this rank's shard).
     Returns ``(trainer, batches)``; ``trainer_kwargs`` go to the Trainer (run_dir, progress, config, ...)."""
     from .augment import RandomCropFlip
     from .data import IndexedBatches, dataset_flip
@@ -92,8 +96,13 @@ def build_training(
     threat = ThreatModel(r.norm, r.eps)
     torch.manual_seed(seed)
     model = model_for_data(r.model, train, r.dataset).to(device)
-    batches = IndexedBatches(train, r.batch_size, seed=seed, device=device)
-    method = build_method(r, len(train), train.shape, seed=seed)
+    if runtime is None:
+        batches = IndexedBatches(train, r.batch_size, seed=seed, device=device)
+        method = build_method(r, len(train), train.shape, seed=seed)
+    else:
+        model = runtime.prepare_model(model)
+        batches = runtime.batches(train, r.batch_size, seed=seed)
+        method = build_method(r, len(train), train.shape, seed=seed, make_bank=runtime.bank)
     opt, sched = build_optimizer(r, model.parameters(), len(batches) * r.replay)
     augment = RandomCropFlip(padding=4, flip=dataset_flip(r.dataset)) if r.augment else None
     if (r.select == "best" or r.early_stop_drop is not None) and val is None:
@@ -104,6 +113,6 @@ def build_training(
         eval_fn=None if test is None else epoch_check(r.dataset, test, threat, eval_n, device),
         val_fn=None if val is None else validation_check(r.dataset, val, threat, val_n, device),
         label_smoothing=r.label_smoothing, loss=r.loss, trades_beta=r.trades_beta, ema_decay=r.ema_decay,
-        select=r.select, early_stop_drop=r.early_stop_drop, replay=r.replay, **trainer_kwargs,
+        select=r.select, early_stop_drop=r.early_stop_drop, replay=r.replay, runtime=runtime, **trainer_kwargs,
     )
     return trainer, batches

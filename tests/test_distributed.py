@@ -1,0 +1,278 @@
+"""Distributed training on the CPU: 2 processes with gloo, torchrun's environment variables (tests/dist_worker.py).
+
+The 2-rank runs are shared by the tests through module fixtures; every launch takes a few seconds (two Python
+processes importing torch on this 2-core machine).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dist_worker import N, build
+
+from adv_transport.distributed import Runtime, ShardedBank, ShardedBatches, shard_size
+from adv_transport.errors import BankMismatchError
+from adv_transport.rng import ExampleRNG
+from adv_transport.threat import ThreatModel
+
+from conftest import synthetic_dataset
+
+WORKER = str(Path(__file__).with_name("dist_worker.py"))
+EPOCHS = 3  # 3 steps per epoch (48 examples, global batch 16)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cfg: dict, world: int = 2) -> list[subprocess.Popen]:
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, WORKER, json.dumps(cfg)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def finish(procs, timeout=60) -> list[str]:
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            p.kill()
+            outs.append(p.communicate()[0])
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs
+
+
+def run_two_ranks(tmp: Path, **cfg) -> list[dict]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    finish(launch({"out": str(tmp), "epochs": EPOCHS, **cfg}))
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """The uninterrupted 2-rank run, checkpointing every step."""
+    tmp = tmp_path_factory.mktemp("two")
+    results = run_two_ranks(tmp, run_dir=str(tmp / "run"), checkpoint_every=1)
+    return tmp / "run", results
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in history]
+
+
+# ------------------------------------------------------------------------------------------------ keyed numbers
+
+
+def test_keyed_numbers_depend_on_the_example_not_on_its_batch():
+    rng = ExampleRNG(5)
+    a = rng.uniform("langevin", 2, torch.tensor([3, 9, 11]), (2, 4, 4), draw=1)
+    b = rng.uniform("langevin", 2, torch.tensor([11, 40, 3]), (2, 4, 4), draw=1)
+    assert torch.equal(a[0], b[2]) and torch.equal(a[2], b[0])
+    assert not torch.equal(a[0], a[1])
+    assert not torch.equal(a[0], rng.uniform("langevin", 3, torch.tensor([3]), (2, 4, 4), draw=1)[0])  # epoch
+    assert not torch.equal(a[0], rng.uniform("langevin", 2, torch.tensor([3]), (2, 4, 4), draw=2)[0])  # draw
+    u = rng.uniform("x", 0, torch.arange(200), (500,))
+    assert 0 <= float(u.min()) and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.01
+    z = rng.normal("x", 0, torch.arange(200), (500,))
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    k = rng.randint("copy", 0, torch.arange(3000), 3)
+    assert set(k.tolist()) == {0, 1, 2} and abs(float((k == 0).float().mean()) - 1 / 3) < 0.04
+
+
+# ------------------------------------------------------------------------------------------------ batches and bank
+
+
+def test_sharded_batches_visit_only_the_shard_and_the_union_is_the_global_batch():
+    data = synthetic_dataset(50)
+    ranks = [ShardedBatches(data, 4, rank=r, world_size=3, seed=1) for r in range(3)]
+    union = ShardedBatches(data, 4, world_size=3, serve=range(3), seed=1)
+    assert len(union) == len(ranks[0]) == (50 // 3) // 4
+    for epoch in (0, 1):
+        got = [list(b.iterate(epoch)) for b in ranks]
+        for r, batches in enumerate(got):
+            idx = torch.cat([i for _, _, i in batches])
+            assert bool((idx % 3 == r).all()) and idx.unique().numel() == idx.numel()
+        for step, (_, _, idx) in enumerate(union.iterate(epoch)):
+            assert torch.equal(idx, torch.cat([got[r][step][2] for r in range(3)]))
+    assert not torch.equal(ranks[0].order(0), ranks[0].order(1))  # reshuffled every epoch
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
+def test_sync_free_bank_path_writes_what_the_checked_path_writes(dtype):
+    threat = ThreatModel("linf", 0.1)
+    shape = (2, 3, 3)
+    checked = ShardedBank(20, shape, threat, rank=1, world_size=2, dtype=dtype, copies=2)
+    reference = torch.zeros((10, 2) + shape, dtype=checked.storage.dtype)
+    from adv_transport.bank import AdversarialBank
+
+    plain = AdversarialBank(10, shape, threat, dtype=dtype, copies=2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        idx = torch.tensor([1, 5, 7, 5, 19, 3])  # a duplicate: the last occurrence wins
+        copy = torch.randint(2, (6,), generator=g)
+        x = torch.rand((6,) + shape, generator=g)
+        delta = (torch.rand((6,) + shape, generator=g) - 0.5) * 0.3
+        checked.write(idx, copy, delta, x)
+        plain.write(idx // 2, copy, delta, x)
+        got, _ = checked.read(idx, x, copy)
+        want, _ = plain.read(idx // 2, x, copy)
+        assert torch.equal(got, want)
+    reference.copy_(plain.storage)
+    assert torch.equal(checked.storage, reference) and torch.equal(checked.initialized, plain.initialized)
+    with pytest.raises(Exception, match="another rank's shard"):
+        checked.read(torch.tensor([2]), torch.rand((1,) + shape))
+
+
+# ------------------------------------------------------------------------------------------------ 2 processes
+
+
+def test_two_ranks_equal_one_process_fed_the_same_global_batches(two_rank_run):
+    _, ranks = two_rank_run
+    one, batches = build(Runtime(keyed=True, seed=0), emulate=2)
+    one.fit(batches, epochs=EPOCHS)
+    for name, p in one.model.state_dict().items():  # parameters: up to float summation order
+        for r in ranks:
+            torch.testing.assert_close(r["model"][name], p, rtol=1e-5, atol=1e-6)
+    whole = one.method.bank
+    for rank, r in enumerate(ranks):  # the bank: exactly, row by row
+        rows = torch.arange(rank, N, 2)
+        assert torch.equal(r["storage"], whole.storage[rows]) and torch.equal(r["initialized"], whole.initialized[rows])
+    assert ranks[0]["counts"] == one.counts == {"input_grad_evals": N * 2 * EPOCHS, "param_grad_evals": N * EPOCHS,
+                                               "examples": N * EPOCHS}
+    for a, b in zip(_strip(ranks[0]["history"]), _strip(one.history)):
+        assert a["train_adv_acc"] == b["train_adv_acc"] and a["train_loss"] == pytest.approx(b["train_loss"], 1e-5)
+
+
+def test_each_rank_holds_only_its_shard(two_rank_run):
+    run, ranks = two_rank_run
+    for rank, r in enumerate(ranks):
+        assert r["rows"] == shard_size(N, rank, 2) == N // 2
+        assert r["storage"].shape[0] == N // 2 and bool(r["initialized"].all())
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ref = ckpt["method"]["bank"]
+    assert "storage" not in ref and ref["shards"] == {"world_size": 2, "stamp": f"e{EPOCHS}-s0"}
+    for rank in range(2):
+        shard = torch.load(run / "ranks" / f"e{EPOCHS}-s0" / f"rank{rank}-of-2.pt", weights_only=True)
+        assert torch.equal(shard["bank"]["storage"], ranks[rank]["storage"])
+    assert sorted(p.name for p in (run / "ranks").iterdir()) == [f"e{EPOCHS - 1}-s3", f"e{EPOCHS}-s0"]
+
+
+def test_rank_zero_alone_logs_and_checkpoints(two_rank_run):
+    run, ranks = two_rank_run
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, EPOCHS + 1))  # one writer
+    assert lines[-1]["input_grad_evals"] == N * 2 * EPOCHS  # summed over the ranks
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt", "log.jsonl", "ranks"]
+    assert _strip(ranks[0]["history"]) == _strip(ranks[1]["history"])  # rank 0's evaluation, broadcast
+    assert ranks[0]["history"][-1]["probe"] == pytest.approx(
+        float(sum(p.double().sum() for p in ranks[0]["model"].values())))
+
+
+def test_kill_one_rank_and_resume_is_bit_identical(two_rank_run, tmp_path, monkeypatch):
+    _, full = two_rank_run
+    run = tmp_path / "run"
+    procs = launch({"out": str(tmp_path), "epochs": EPOCHS, "run_dir": str(run), "checkpoint_every": 1,
+                    "kill": [1, 5]})
+    procs[1].communicate(timeout=60)
+    assert procs[1].returncode == -signal.SIGKILL
+    try:  # the job stops (torchrun would stop the other workers)
+        procs[0].communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        procs[0].communicate()
+    assert procs[0].returncode != 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 1)
+    shutil.copytree(run, tmp_path / "mid")
+    resumed = run_two_ranks(tmp_path, run_dir=str(run), checkpoint_every=1, resume=True)
+    for a, b in zip(full, resumed):
+        for name in a["model"]:
+            assert torch.equal(a["model"][name], b["model"][name])
+        assert torch.equal(a["storage"], b["storage"]) and a["counts"] == b["counts"]
+        assert _strip(a["history"]) == _strip(b["history"])
+    # another world size mid-epoch is refused, with the reason, and nothing is changed
+    before = (tmp_path / "mid" / "checkpoint.pt").read_bytes()
+    rt = _one_rank(monkeypatch)
+    try:
+        trainer, _ = build(rt, tmp_path / "mid")
+        with pytest.raises(BankMismatchError, match="mid-epoch .* by 2 ranks; this run has 1"):
+            trainer.resume()
+    finally:
+        rt.close()
+    assert (tmp_path / "mid" / "checkpoint.pt").read_bytes() == before
+
+
+def _one_rank(monkeypatch) -> Runtime:
+    """A distributed runtime of world size 1 in this process (gloo)."""
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(k, v)
+    return Runtime.from_env(device="cpu", seed=0)
+
+
+def test_resume_with_another_world_size_reshards_the_bank(two_rank_run, tmp_path, monkeypatch):
+    run, ranks = two_rank_run
+    shutil.copytree(run, tmp_path / "run")
+    rt = _one_rank(monkeypatch)
+    try:
+        trainer, batches = build(rt, tmp_path / "run")
+        assert trainer.resume() and trainer.epoch == EPOCHS
+        bank = trainer.method.bank
+        assert bank.num_examples == N
+        for rank, r in enumerate(ranks):
+            assert torch.equal(bank.storage[rank::2], r["storage"])
+        trainer.fit(batches, epochs=EPOCHS + 1)
+        assert trainer.counts["examples"] == N * (EPOCHS + 1)
+    finally:
+        rt.close()
+
+
+def test_torchrun_runs_the_command_line(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "adv_transport", "train", "--method", "atl", "--dataset", "mnist", "--epochs", "1", "--batch-size",
+           "32", "--eval-n", "20", "--no-progress", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out),
+           "--bank-dtype", "int8", "--bank-path", str(tmp_path / "bank")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("training atl on mnist (200 examples) on 2 ranks") == 1  # rank 0 alone prints
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["input_grad_evals"] == (200 // 32) * 32
+    assert sorted(p.name for p in (out / "ranks" / "e1-s0").iterdir()) == ["rank0-of-2.pt", "rank1-of-2.pt"]
+    shard = torch.load(out / "ranks" / "e1-s0" / "rank1-of-2.pt", weights_only=True)["bank"]
+    assert shard["memmap"] == str(tmp_path / "bank.rank1-of-2") and "storage" not in shard  # recorded, not copied
+    assert json.loads((tmp_path / "bank.rank1-of-2.json").read_text())["num_examples"] == 200
+
+
+def test_fgsm_pgi_state_is_not_sharded_and_is_refused(monkeypatch):
+    from adv_transport import Trainer
+    from adv_transport.methods import FGSMPGI
+
+    from conftest import TinyCNN
+
+    rt = _one_rank(monkeypatch)
+    try:
+        model = TinyCNN()
+        method = FGSMPGI(ThreatModel("linf", 0.1), N, (1, 8, 8))
+        with pytest.raises(Exception, match="cannot run under torchrun"):
+            Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), method, progress=False, runtime=rt)
+    finally:
+        rt.close()
