@@ -80,7 +80,7 @@ def build(method: str, args, data, device):
         bank = rt.bank(len(data), data.shape, threat, dtype=args.bank_dtype, init="uniform")
         timer = Timer(device)
         bank.read, bank.write = timer.wrap(bank.read), timer.wrap(bank.write)
-        inner = ATL(bank, LangevinSampler(threat, step_size=EPS / 2, noise_scale=0.2, steps=1))
+        inner = ATL(bank, LangevinSampler(threat, eta=EPS / 2, noise_scale=0.2, steps=1))
     elif method == "fgsm-rs":
         inner = FGSMRS(threat)
     else:

@@ -31,7 +31,7 @@ def build(runtime, run_dir=None, checkpoint_every=0, emulate=None):
     else:
         bank = runtime.bank(N, data.shape, threat, dtype="int8", init="uniform")
         batches = runtime.batches(data, GLOBAL_BATCH, seed=SEED)
-    method = ATL(bank, LangevinSampler(threat, step_size=0.02, noise_scale=0.2, steps=2))
+    method = ATL(bank, LangevinSampler(threat, eta=0.02, noise_scale=0.2, steps=2))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
     probe = lambda m: {"probe": float(sum(p.detach().double().sum() for p in m.parameters()))}  # noqa: E731

@@ -25,7 +25,7 @@ def _trainer(runtime=None, bank=None, run_dir=None, model=None, **kw):
     data = synthetic_dataset(48)
     model = model or TinyCNN()
     bank = bank or AdversarialBank(len(data), data.shape, THREAT, dtype="int8", init="uniform")
-    method = ATL(bank, LangevinSampler(THREAT, step_size=0.02, noise_scale=0.2, steps=1))
+    method = ATL(bank, LangevinSampler(THREAT, eta=0.02, noise_scale=0.2, steps=1))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     trainer = Trainer(model, opt, method, run_dir=run_dir, progress=False, runtime=runtime, **kw)
     return trainer, IndexedBatches(data, 10, seed=1)
@@ -169,7 +169,7 @@ def test_atl_step_does_not_synchronise_with_the_host():
     rt = Runtime(device="cuda", keyed=True, sync_every=1000, bank_device="cuda", amp="bf16", channels_last=True)
     model = rt.prepare_model(TinyCNN(channels=3))
     bank = rt.bank(len(data), data.shape, THREAT, dtype="int8", init="uniform")
-    method = ATL(bank, LangevinSampler(THREAT, step_size=0.02, noise_scale=0.2, steps=1))
+    method = ATL(bank, LangevinSampler(THREAT, eta=0.02, noise_scale=0.2, steps=1))
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), method, progress=False, runtime=rt)
     batches = rt.batches(data, 16)
     trainer.fit(batches, epochs=1)  # warm-up: allocations, kernels
