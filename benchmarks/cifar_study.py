@@ -166,7 +166,7 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
         "final": {k: v for k, v in final.items() if k != "per_class"},
         "square_drop": square_drop(final),
         "commit": args.commit, "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
     }
     print(f"  -> clean {final['clean_acc']:.1f} PGD-20 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
           f"({res['train_seconds']:.0f} s, {res['grad_evals'] / 1e6:.2f} M grad evals)", file=sys.stderr, flush=True)
@@ -284,7 +284,7 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
     for eps, methods in agg["eps"].items():
         lines += ["", f"### eps = {eps}" + (" (l-inf)" if "/" in eps else ""), "",
                   "| method | seeds | tricks | clean % | PGD-20 % | AutoAttack % | Square drop | train s | grad evals |"
-                  " epoch cost vs clean |",
+                  " epoch s vs clean (shared CPU) |",
                   "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for label, m in methods.items():
             lines.append(
