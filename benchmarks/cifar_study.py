@@ -88,10 +88,10 @@ SWEEP = {
     "eta eps/2, s 0.05/sqrt(3), Gaussian": {"step_size": EPS8 / 2, "noise_scale": 0.05 / 3**0.5, "noise": "gaussian"},
     "eta eps/2, s 0.05, reset every 5 ep": {"step_size": EPS8 / 2, "noise_scale": 0.05, "reset_every": 5},
     "eta eps/2, s 0.05, clean start": {"step_size": EPS8 / 2, "noise_scale": 0.05, "bank_init": "zero"},
-    # second round, around the first round's best (eta eps, s 0.05)
-    "eta eps, s 0.1": {"step_size": EPS8, "noise_scale": 0.1},
-    "eta eps, s 0.05, consistency 10": {"step_size": EPS8, "noise_scale": 0.05, "consistency": 10.0},
-    "eta eps, s 0.05, batch-stats chain": {"step_size": EPS8, "noise_scale": 0.05, "model_mode": "batch-stats"},
+    # second round, around the first round's best (eta 1.25 eps, s 0.05)
+    "eta 1.5 eps, s 0.05": {"step_size": 1.5 * EPS8, "noise_scale": 0.05},
+    "eta 1.25 eps, s 0.05, consistency 10": {"step_size": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0},
+    "eta 1.25 eps, s 0.1": {"step_size": 1.25 * EPS8, "noise_scale": 0.1},
 }
 
 
