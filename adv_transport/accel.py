@@ -40,6 +40,18 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
+def as_training_logits(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` computed through an inner-step view (``model``: a :class:`Forward`, possibly wrapped, e.g. by
+    :class:`~adv_transport.augment.Augmented`) made fit for the training loss: a float16 view multiplies the gradient
+    at its logits by ``input_grad_scale`` (for input gradients only), which is undone here; identity otherwise."""
+    while not isinstance(model, Forward) and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model
+    scale = getattr(model, "input_grad_scale", 1.0) if isinstance(model, Forward) else 1.0
+    if scale != 1.0 and logits.requires_grad:
+        return _ScaleGrad.apply(logits, 1.0 / scale)
+    return logits
+
+
 def check_amp(amp: str | None) -> str:
     amp = "off" if amp is None else amp
     if amp not in AMP_DTYPES:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .accel import as_training_logits
 from .attacks import fgsm, pgd
 from .bank import AdversarialBank
 from .errors import ConfigError
@@ -294,9 +295,9 @@ class ATL(_Stored, InnerStep):
             x = x.detach()
             x0 = (x + delta).detach().requires_grad_(True)
             with model_mode(model, self.sampler.model_mode), torch.enable_grad():
-                self._anchor = model(x0)
-                loss = F.cross_entropy(self._anchor, y, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, x0, retain_graph=True)
+                logits0 = model(x0)
+                (grad,) = torch.autograd.grad(F.cross_entropy(logits0, y, reduction="sum"), x0, retain_graph=True)
+                self._anchor = as_training_logits(model, logits0)  # the loss term sees unscaled gradients
                 delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
                 for _ in range(self.sampler.steps - 1):
                     delta = self.sampler.step(model, x, y, delta, t, generator=noise, threat=threat)
@@ -357,6 +358,9 @@ class FreeATL(ATL):
     wants_input_grad = True
 
     def __init__(self, bank: AdversarialBank, sampler: LangevinSampler, eps_ramp: float = 0.0, reset_every: int = 0):
+        if sampler.steps != 1:
+            raise ConfigError(f"free ATL moves each chain once per visit (the training pass's gradient): steps must "
+                              f"be 1, got {sampler.steps}")
         super().__init__(bank, sampler, eps_ramp, reset_every)
         self.input_grad_passes = 0
         self._grad = None
@@ -377,7 +381,11 @@ class FreeATL(ATL):
     def commit(self):
         if self._pending is not None and self._grad is not None:
             idx, copy, delta, x, t, threat, noise = self._pending
-            self.bank.write(idx, copy, self.sampler.move(x, delta, self._grad.detach(), t, noise, threat), x)
+            g = self._grad.detach()
+            # an example whose gradient is not finite (an fp16 overflow step the GradScaler skips) keeps its chain
+            ok = torch.isfinite(g.flatten(1)).all(1).view(-1, *([1] * (g.dim() - 1)))
+            moved = self.sampler.move(x, delta, torch.where(ok, g, torch.zeros_like(g)), t, noise, threat)
+            self.bank.write(idx, copy, torch.where(ok, moved, delta), x)
         self._pending, self._grad = None, None
 
     def discard(self):
@@ -440,6 +448,7 @@ class FGSMPGI(_Stored, _Attacked):
             )
         self.step_size = threat.eps if step_size is None else float(step_size)
         self.lam, self.decay, self.reset_every = float(lam), float(decay), int(reset_every)
+        self.extra_param_passes = 1 if self.lam > 0 else 0
         self.delta = torch.zeros((int(num_examples),) + tuple(shape))
         self.momentum = torch.zeros_like(self.delta)
         self.initialized = torch.zeros(int(num_examples), dtype=torch.bool)
@@ -468,6 +477,7 @@ class FGSMPGI(_Stored, _Attacked):
         with model_mode(model, self.model_mode), torch.enable_grad():
             prior_logits = model(x0)
             (g,) = torch.autograd.grad(F.cross_entropy(prior_logits, y, reduction="sum"), x0, retain_graph=True)
+            prior_logits = as_training_logits(model, prior_logits)
         m = g / g.abs().sum().clamp_min(1e-12) + self.decay * m
         stored = threat.delta_to(x, x + d + step * m.sign())
         trained = threat.delta_to(x, x + d + step * g.sign())

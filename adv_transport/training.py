@@ -21,6 +21,9 @@ def build_method(
     by ``make_bank``: a distributed run's :meth:`~adv_transport.distributed.Runtime.bank` holds one rank's shard)."""
     threat = ThreatModel(r.norm, r.eps)
     threat.check_input_dim(int(torch.tensor(shape).prod()))
+    if r.consistency and r.method != "atl":
+        raise ConfigError(f"consistency is an ATL option (its chain's first pass gives the anchor logits); "
+                          f"{r.method!r} has none (FGSM-PGI has its own: pgi_lam)")
     if r.method == "clean":
         return Clean()
     if r.method == "pgd":
