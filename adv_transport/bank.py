@@ -53,6 +53,16 @@ INITS = ("zero", "uniform")
 _INT8_LEVELS = 127
 
 
+def same_setting(key: str, stored: Any, mine: Any) -> bool:
+    """Whether a stored bank's setting ``key`` (of :meth:`AdversarialBank.metadata`) equals this run's: ``shape`` as
+    a list, ``eps`` up to a relative 1e-9, the rest exactly."""
+    if key == "shape":
+        return list(stored or []) == list(mine)
+    if key == "eps":
+        return stored is not None and math.isclose(float(stored), float(mine), rel_tol=1e-9, abs_tol=0.0)
+    return stored == mine
+
+
 def _last_occurrences(key: torch.Tensor) -> torch.Tensor | None:
     """Positions of the last occurrence of each distinct value of ``key`` (in the order of the sorted values), or
     None when all values are distinct."""
@@ -347,19 +357,12 @@ class AdversarialBank:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise (:class:`BankMismatchError`) unless ``state`` can be loaded into this bank; changes nothing."""
-        def same(key, stored, mine) -> bool:
-            if key == "shape":
-                return list(stored or []) == list(mine)
-            if key == "eps":
-                return stored is not None and math.isclose(float(stored), mine, rel_tol=1e-9, abs_tol=0.0)
-            return stored == mine
-
         differ = settings_differ(
             "the stored adversarial bank does not match this run",
             state.get("metadata", {}),
             self.metadata(),
             keys=("num_examples", "copies", "shape", "norm", "dtype", "eps"),
-            same=same,
+            same=same_setting,
             advice="Resume with the settings the bank was made with, or start a new run directory; the stored bank "
             "was left as it is.",
         )

@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import accel
-from .bank import AdversarialBank
+from .bank import DTYPES, AdversarialBank
 from .checkpoint import atomic_save, rng_states, safe_load, set_rng_states
 from .data import IndexedBatches
 from .errors import BankMismatchError, ConfigError, NonFiniteLossError
@@ -67,7 +67,7 @@ def shard_size(n: int, rank: int, world_size: int) -> int:
 
 def bank_bytes_per_rank(n: int, d: int, world_size: int, dtype: str = "int8", copies: int = 1) -> int:
     """Bytes of the largest rank's bank shard (values and initialisation flags), for the README's table."""
-    size = {"float32": 4, "float16": 2, "int8": 1}[dtype]
+    size = DTYPES[dtype].itemsize
     rows = shard_size(n, 0, world_size)
     return rows * copies * (d * size + 1)
 
