@@ -75,6 +75,19 @@ def _last_occurrences(key: torch.Tensor) -> torch.Tensor | None:
     return torch.full((uniq.numel(),), -1, dtype=torch.long, device=key.device).scatter_reduce_(0, inverse, pos, "amax")
 
 
+def check_indices(idx: torch.Tensor, num_examples: int) -> torch.Tensor:
+    """``idx`` as int64 after checking that it is an integer tensor of dataset indices in ``[0, num_examples)``
+    (:class:`ConfigError` otherwise)."""
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ConfigError(f"bank indices must be an integer tensor of dataset indices, got {type(idx).__name__}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_examples):
+        raise ConfigError(
+            f"bank index out of range: got [{int(idx.min())}, {int(idx.max())}], the bank holds "
+            f"{num_examples} examples (indices 0..{num_examples - 1})"
+        )
+    return idx.long()
+
+
 class AdversarialBank:
     """Persistent store of ``copies`` perturbations for each of ``num_examples`` inputs of shape ``shape``.
 
@@ -241,14 +254,7 @@ class AdversarialBank:
 
     # ------------------------------------------------------------------ read / write
     def _check_index(self, idx: torch.Tensor) -> torch.Tensor:
-        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ConfigError(f"bank indices must be an integer tensor of dataset indices, got {type(idx).__name__}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_examples):
-            raise ConfigError(
-                f"bank index out of range: got [{int(idx.min())}, {int(idx.max())}], the bank holds "
-                f"{self.num_examples} examples (indices 0..{self.num_examples - 1})"
-            )
-        return idx.long().to(self.storage.device)
+        return check_indices(idx, self.num_examples).to(self.storage.device)
 
     def _check_batch(self, x: torch.Tensor, idx: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.shape or x.shape[0] != idx.numel():
