@@ -431,8 +431,10 @@ class ShardedBank(AdversarialBank):
 
 
 class Runtime:
-    """How the training steps run: process group, DDP, sharded bank and batches, keyed random numbers, mixed
-    precision, statistics on the device. Hand it to :class:`~adv_transport.trainer.Trainer` as ``runtime=``.
+    """How a run's training steps run on many processes and GPUs (hand it to ``Trainer(runtime=...)``).
+
+    It holds the process group, DDP, this rank's sharded batches and bank, the keyed random numbers, mixed precision
+    and the statistics kept on the device.
 
     Args:
         rank, world_size, local_rank: this process's place (see :meth:`from_env`).
