@@ -10,6 +10,7 @@ from .augment import RandomCropFlip
 from .bank import AdversarialBank
 from .checkpoint import CheckpointError, Run, load_model, load_run
 from .data import FolderDataset, IndexedBatches, IndexedDataset, load_dataset
+from .distributed import Runtime
 from .errors import (
     AdvTransportError,
     BankMismatchError,
@@ -68,6 +69,7 @@ __all__ = [
     "RandomCropFlip",
     "Recipe",
     "Run",
+    "Runtime",
     "ThreatModel",
     "Trainer",
     "build_model",

@@ -53,6 +53,16 @@ INITS = ("zero", "uniform")
 _INT8_LEVELS = 127
 
 
+def same_setting(key: str, stored: Any, mine: Any) -> bool:
+    """Whether a stored bank's setting ``key`` (of :meth:`AdversarialBank.metadata`) equals this run's: ``shape`` as
+    a list, ``eps`` up to a relative 1e-9, the rest exactly."""
+    if key == "shape":
+        return list(stored or []) == list(mine)
+    if key == "eps":
+        return stored is not None and math.isclose(float(stored), float(mine), rel_tol=1e-9, abs_tol=0.0)
+    return stored == mine
+
+
 def _last_occurrences(key: torch.Tensor) -> torch.Tensor | None:
     """Positions of the last occurrence of each distinct value of ``key`` (in the order of the sorted values), or
     None when all values are distinct."""
@@ -63,6 +73,19 @@ def _last_occurrences(key: torch.Tensor) -> torch.Tensor | None:
         return None
     pos = torch.arange(key.numel(), device=key.device)
     return torch.full((uniq.numel(),), -1, dtype=torch.long, device=key.device).scatter_reduce_(0, inverse, pos, "amax")
+
+
+def check_indices(idx: torch.Tensor, num_examples: int) -> torch.Tensor:
+    """``idx`` as int64 after checking that it is an integer tensor of dataset indices in ``[0, num_examples)``
+    (:class:`ConfigError` otherwise)."""
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ConfigError(f"bank indices must be an integer tensor of dataset indices, got {type(idx).__name__}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_examples):
+        raise ConfigError(
+            f"bank index out of range: got [{int(idx.min())}, {int(idx.max())}], the bank holds "
+            f"{num_examples} examples (indices 0..{num_examples - 1})"
+        )
+    return idx.long()
 
 
 class AdversarialBank:
@@ -231,14 +254,7 @@ class AdversarialBank:
 
     # ------------------------------------------------------------------ read / write
     def _check_index(self, idx: torch.Tensor) -> torch.Tensor:
-        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ConfigError(f"bank indices must be an integer tensor of dataset indices, got {type(idx).__name__}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_examples):
-            raise ConfigError(
-                f"bank index out of range: got [{int(idx.min())}, {int(idx.max())}], the bank holds "
-                f"{self.num_examples} examples (indices 0..{self.num_examples - 1})"
-            )
-        return idx.long().to(self.storage.device)
+        return check_indices(idx, self.num_examples).to(self.storage.device)
 
     def _check_batch(self, x: torch.Tensor, idx: torch.Tensor) -> None:
         if tuple(x.shape[1:]) != self.shape or x.shape[0] != idx.numel():
@@ -347,19 +363,12 @@ class AdversarialBank:
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
         """Raise (:class:`BankMismatchError`) unless ``state`` can be loaded into this bank; changes nothing."""
-        def same(key, stored, mine) -> bool:
-            if key == "shape":
-                return list(stored or []) == list(mine)
-            if key == "eps":
-                return stored is not None and math.isclose(float(stored), mine, rel_tol=1e-9, abs_tol=0.0)
-            return stored == mine
-
         differ = settings_differ(
             "the stored adversarial bank does not match this run",
             state.get("metadata", {}),
             self.metadata(),
             keys=("num_examples", "copies", "shape", "norm", "dtype", "eps"),
-            same=same,
+            same=same_setting,
             advice="Resume with the settings the bank was made with, or start a new run directory; the stored bank "
             "was left as it is.",
         )

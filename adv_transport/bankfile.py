@@ -19,26 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import BankMismatchError
+from .bank import DTYPES, same_setting
+from .errors import BankMismatchError, settings_differ
 
-NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
+NP_DTYPES = {name: torch.empty(0, dtype=dtype).numpy().dtype for name, dtype in DTYPES.items()}
 DESCRIBED = ("num_examples", "copies", "shape", "norm", "eps", "dtype", "init")
 
 
 def sidecars(path: str | os.PathLike) -> dict[str, Path]:
     p = Path(path)
     return {"init": Path(f"{p}.init.npy"), "scale": Path(f"{p}.scale.npy"), "meta": Path(f"{p}.json")}
-
-
-def _differences(stored: dict, mine: dict) -> list[str]:
-    diffs = []
-    for key in DESCRIBED:
-        a, b = stored.get(key), mine.get(key)
-        same = (list(a or []) == list(b)) if key == "shape" else (
-            a is not None and abs(float(a) - float(b)) <= 1e-9 * abs(float(b)) if key == "eps" else a == b)
-        if not same:
-            diffs.append(f"{key}: file {a!r}, this run {b!r}")
-    return diffs
 
 
 def open_bank_files(path, meta: dict, full_shape: tuple, dtype: str, scale_fill: float | None):
@@ -55,10 +45,12 @@ def open_bank_files(path, meta: dict, full_shape: tuple, dtype: str, scale_fill:
                 f"{path} exists but its description {files['meta']} cannot be read ({e}); it was not made by "
                 "adv-transport or is damaged: remove it or choose another --bank-path"
             ) from None
-        diffs = _differences(stored, mine)
-        if diffs:
-            raise BankMismatchError(f"the bank file {path} does not match this run ({'; '.join(diffs)}); it was left "
-                                    "as it is: choose another --bank-path or the settings it was made with")
+        differ = settings_differ(
+            f"the bank file {path} does not match this run and was left as it is", stored, mine, same=same_setting,
+            advice="Choose another --bank-path or the settings it was made with.",
+        )
+        if differ:
+            raise BankMismatchError(differ)
         try:
             values = np.load(path, mmap_mode="r+")
             init = np.load(files["init"], mmap_mode="r+")

@@ -22,7 +22,7 @@ from .data import (
     is_streamed,
     load_dataset,
 )
-from .distributed import add_scale_args, runtime_from_args
+from .distributed import add_runtime_args, runtime_from_args
 from .errors import AdvTransportError, ConfigError, settings_differ
 from .models import MODELS
 from .recipes import METHODS, Recipe, recipe
@@ -93,7 +93,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true")
-    add_scale_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
+    add_runtime_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
 
 
 def make_recipe(args):

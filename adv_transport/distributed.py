@@ -43,7 +43,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import accel
-from .bank import AdversarialBank
+from .bank import DTYPES, AdversarialBank, check_indices
 from .checkpoint import atomic_save, rng_states, safe_load, set_rng_states
 from .data import IndexedBatches
 from .errors import BankMismatchError, ConfigError, NonFiniteLossError
@@ -53,11 +53,24 @@ from .threat import check_unit_range
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 BANK_DEVICES = ("cpu", "cuda")
 RANKS_DIR = "ranks"
+RANK_FILE_FORMAT = "adv_transport.rank/1"
+RANK_STREAM = 7919  # hash word of each rank's own torch generator stream (seeded from (seed, RANK_STREAM, rank, ...))
 
 
 def launched_by_torchrun() -> bool:
     """True in a process started by torchrun (or with its environment variables set by hand)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def check_rank(rank: int, world_size: int) -> None:
+    """Raise :class:`ConfigError` unless ``0 <= rank < world_size``."""
+    if not (0 <= int(rank) < int(world_size)):
+        raise ConfigError(f"rank {rank} is not accepted; accepted: an integer in [0, {world_size})")
+
+
+def _foreign_shard(rank: int, world_size: int) -> ConfigError:
+    return ConfigError(f"rank {rank} of {world_size} was handed indices of another rank's shard; accepted: the "
+                       f"indices i with i % {world_size} == {rank}")
 
 
 def shard_size(n: int, rank: int, world_size: int) -> int:
@@ -67,7 +80,7 @@ def shard_size(n: int, rank: int, world_size: int) -> int:
 
 def bank_bytes_per_rank(n: int, d: int, world_size: int, dtype: str = "int8", copies: int = 1) -> int:
     """Bytes of the largest rank's bank shard (values and initialisation flags), for the README's table."""
-    size = {"float32": 4, "float16": 2, "int8": 1}[dtype]
+    size = DTYPES[dtype].itemsize
     rows = shard_size(n, 0, world_size)
     return rows * copies * (d * size + 1)
 
@@ -87,8 +100,7 @@ class ShardedBatches(IndexedBatches):
 
     def __init__(self, dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  serve=None, device: str | torch.device = "cpu", num_workers: int | None = None):
-        if not (0 <= int(rank) < int(world_size)):
-            raise ConfigError(f"rank {rank} is not in [0, {world_size})")
+        check_rank(rank, world_size)
         self.rank, self.world_size = int(rank), int(world_size)
         self.serve = [self.rank] if serve is None else [int(r) for r in serve]
         self.per_rank = int(batch_size)
@@ -125,7 +137,14 @@ def rank_file(run_dir: str | os.PathLike, stamp: str, rank: int, world_size: int
 
 
 def stamp_of(epoch: int, step: int) -> str:
+    """The name of the rank-file folder of the checkpoint at (epoch, step): ``e<epoch>-s<step>``."""
     return f"e{int(epoch)}-s{int(step)}"
+
+
+def at_epoch_end(stamp: str) -> bool:
+    """Whether the checkpoint ``stamp`` was written at the end of an epoch (step 0 of the next), where ranks
+    re-shard."""
+    return stamp.endswith("-s0")
 
 
 def stored_world_size(run_dir, stamp: str) -> int | None:
@@ -138,7 +157,7 @@ def stored_world_size(run_dir, stamp: str) -> int | None:
 
 def read_rank_file(path: Path) -> dict:
     state = safe_load(path, "an adv-transport rank file (a bank shard and random states)")
-    if not isinstance(state, dict) or state.get("format") != "adv_transport.rank/1":
+    if not isinstance(state, dict) or state.get("format") != RANK_FILE_FORMAT:
         raise BankMismatchError(f"{path} is not an adv-transport rank file")
     return state
 
@@ -164,8 +183,7 @@ class ShardedBank(AdversarialBank):
 
     def __init__(self, num_examples: int, shape, threat, *, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False, **kwargs):
-        if not (0 <= int(rank) < int(world_size)):
-            raise ConfigError(f"rank {rank} is not in [0, {world_size})")
+        check_rank(rank, world_size)
         self.total_examples = int(num_examples)
         self.rank, self.world_size = int(rank), int(world_size)
         super().__init__(shard_size(self.total_examples, self.rank, self.world_size), shape, threat, **kwargs)
@@ -191,14 +209,9 @@ class ShardedBank(AdversarialBank):
         return idx if self.world_size == 1 else torch.div(idx, self.world_size, rounding_mode="floor")
 
     def _check_index(self, idx: torch.Tensor) -> torch.Tensor:
-        if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ConfigError(f"bank indices must be an integer tensor of dataset indices, got {type(idx).__name__}")
-        if idx.numel():
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= self.total_examples:
-                raise ConfigError(f"bank index out of range: got [{lo}, {hi}], the bank holds {self.total_examples}")
-            if self.world_size > 1 and bool((idx.long() % self.world_size != self.rank).any()):
-                raise ConfigError(f"rank {self.rank} of {self.world_size} was handed indices of another rank's shard")
+        idx = check_indices(idx, self.total_examples)
+        if self.world_size > 1 and idx.numel() and bool((idx % self.world_size != self.rank).any()):
+            raise _foreign_shard(self.rank, self.world_size)
         return self.rows_of(idx).to(self.storage.device)
 
     # ------------------------------------------------------------------ sync-free read / write
@@ -214,7 +227,7 @@ class ShardedBank(AdversarialBank):
         self._flush(idx)
         if self.world_size > 1 and idx.device.type == "cpu" and idx.numel():  # cheap on the CPU: no GPU sync
             if bool((idx % self.world_size != self.rank).any()):
-                raise ConfigError(f"rank {self.rank} of {self.world_size} was handed indices of another rank's shard")
+                raise _foreign_shard(self.rank, self.world_size)
         home = self.storage.device
         rows = self.rows_of(idx.to(home, non_blocking=True))
         if copy is None:
@@ -332,7 +345,7 @@ class ShardedBank(AdversarialBank):
             own = read_rank_file(rank_file(self.rank_dir, stamp, self.rank, m))["bank"]
             # (a memory-mapped shard: a record of the file this bank has open)
             return {**own, "metadata": state["metadata"], "shard": self._shard_key()}
-        if not stamp.endswith("-s0"):
+        if not at_epoch_end(stamp):
             raise BankMismatchError(
                 f"the checkpoint was written mid-epoch ({stamp}) by {m} ranks; this run has {self.world_size}. Resume "
                 f"it with {m} ranks, or from a checkpoint written at the end of an epoch (ranks re-shard there)"
@@ -396,7 +409,7 @@ class ShardedBank(AdversarialBank):
                         f"the checkpoint's bank shards {stamp} of {m} ranks are missing rank file(s) {missing} under "
                         f"{Path(self.rank_dir) / RANKS_DIR}"
                     )
-                if m != self.world_size and not stamp.endswith("-s0"):
+                if m != self.world_size and not at_epoch_end(stamp):
                     self._local_state(state)  # raises the mid-epoch message
             return
         if self.world_size == 1:
@@ -418,8 +431,10 @@ class ShardedBank(AdversarialBank):
 
 
 class Runtime:
-    """How the training steps run: process group, DDP, sharded bank and batches, keyed random numbers, mixed
-    precision, statistics on the device. Hand it to :class:`~adv_transport.trainer.Trainer` as ``runtime=``.
+    """How a run's training steps run on many processes and GPUs (hand it to ``Trainer(runtime=...)``).
+
+    It holds the process group, DDP, this rank's sharded batches and bank, the keyed random numbers, mixed precision
+    and the statistics kept on the device.
 
     Args:
         rank, world_size, local_rank: this process's place (see :meth:`from_env`).
@@ -571,7 +586,7 @@ class Runtime:
             trainer.progress = trainer.progress and self.is_main
             trainer.eval_fn = self._main_only(trainer.eval_fn)
             trainer.val_fn = self._main_only(trainer.val_fn)
-            torch.manual_seed(hash_words(self.seed, 7919, self.rank))  # each rank its own global stream
+            torch.manual_seed(hash_words(self.seed, RANK_STREAM, self.rank))  # each rank its own global stream
         self._rebase(trainer)
 
     def _main_only(self, fn):
@@ -664,7 +679,7 @@ class Runtime:
         if sharded:
             bank.stamp = stamp
         state = {
-            "format": "adv_transport.rank/1",
+            "format": RANK_FILE_FORMAT,
             "rank": self.rank,
             "world_size": self.world_size,
             "stamp": stamp,
@@ -710,10 +725,10 @@ class Runtime:
                 "Resume it as it was written, or from a checkpoint written at the end of an epoch (the order of the "
                 "rest of an epoch depends on the number of ranks)"
             )
-        torch.manual_seed(hash_words(self.seed, 7919, self.rank, int(state["epoch"])))
+        torch.manual_seed(hash_words(self.seed, RANK_STREAM, self.rank, int(state["epoch"])))
 
 
-def add_scale_args(p) -> None:
+def add_runtime_args(p) -> None:
     """The command line's flags of this module (``adv-transport train``)."""
     p.add_argument("--bank-device", choices=BANK_DEVICES, help="where the bank lives (default cpu; pinned on a GPU)")
     p.add_argument("--bank-path", help="memory-map the bank to this file (one per rank: .rank<r>-of-<N>)")

@@ -127,30 +127,15 @@ class LangevinSampler:
             return torch.empty_like(like).uniform_(-amplitude, amplitude)
         return torch.randn_like(like).mul_(amplitude)
 
-    def step(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        delta: torch.Tensor,
-        t: float = 0.0,
-        generator: torch.Generator | None = None,
-        threat: ThreatModel | None = None,
-    ) -> torch.Tensor:
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, t: float = 0.0,
+             generator: torch.Generator | None = None, threat: ThreatModel | None = None) -> torch.Tensor:
         """One Langevin step from ``x + delta``; returns the new delta (detached). The model mode is not changed.
         ``threat``: a smaller ball to sample in (an eps warm-up); eta then scales with its eps."""
         grad, _ = input_gradient(model, x + delta, y)
         return self.move(x, delta, grad, t, generator, threat)
 
-    def move(
-        self,
-        x: torch.Tensor,
-        delta: torch.Tensor,
-        grad: torch.Tensor,
-        t: float = 0.0,
-        generator: torch.Generator | None = None,
-        threat: ThreatModel | None = None,
-    ) -> torch.Tensor:
+    def move(self, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, t: float = 0.0,
+             generator: torch.Generator | None = None, threat: ThreatModel | None = None) -> torch.Tensor:
         """The Langevin update of ``x + delta`` given the input gradient ``grad`` there (drift, noise, projection);
         returns the new delta. :meth:`step` computes the gradient first; free ATL takes it from the training pass.
         ``grad`` may be overwritten."""

@@ -201,19 +201,29 @@ class NFGSM(_Attacked):
             return fgsm(model, x, y, threat, self.step_size * scale, start=x_start, project=False)
 
 
-def _consistency(lam: float, logits: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor | None:
-    """``lam * mean((logits - anchor)**2)``, FGSM-PGI's output-consistency term (None when off or not available)."""
-    if anchor is None or lam == 0:
-        return None
-    return lam * F.mse_loss(logits.float(), anchor.float())
+def _anchored_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits at ``x_adv`` with their graph kept (the anchor of the output-consistency term) and the input
+    gradient of the summed cross-entropy there, from one forward and one backward pass. The model's mode is the
+    caller's."""
+    x0 = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x0)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, retain_graph=True)
+    return as_training_logits(model, logits), grad  # the loss term sees unscaled gradients (fp16 inner views)
 
 
 class _Stored:
     """Mixin of the inner steps that keep per-example perturbations between visits: they forget them all at the start
-    of every ``reset_every``-th epoch (0 = never); ``_cycle`` is the reset period the stored ones belong to."""
+    of every ``reset_every``-th epoch (0 = never); ``_cycle`` is the reset period the stored ones belong to.
+
+    They may add FGSM-PGI's output-consistency term to the training loss, ``consistency * mean((logits - anchor)**2)``
+    with ``anchor`` the logits at the stored sample (``_anchor``, set by ``perturb``; 0 = off)."""
 
     reset_every = 0
     _cycle = 0
+    consistency = 0.0
+    _anchor = None
+    _pending = None
 
     def _forget(self) -> None:
         raise NotImplementedError
@@ -224,6 +234,16 @@ class _Stored:
             if cycle != self._cycle:
                 self._forget()
                 self._cycle = cycle
+
+    def regularizer(self, logits, y):
+        anchor, self._anchor = self._anchor, None
+        if anchor is None or self.consistency == 0:
+            return None
+        return self.consistency * F.mse_loss(logits.float(), anchor.float())
+
+    def discard(self):
+        self._pending = None
+        self._anchor = None
 
 
 class ATL(_Stored, InnerStep):
@@ -293,11 +313,8 @@ class ATL(_Stored, InnerStep):
             delta = threat.delta_to(x, x + delta)
         if self.consistency > 0:  # the first step by hand, keeping the logits at the stored sample and their graph
             x = x.detach()
-            x0 = (x + delta).detach().requires_grad_(True)
-            with model_mode(model, self.sampler.model_mode), torch.enable_grad():
-                logits0 = model(x0)
-                (grad,) = torch.autograd.grad(F.cross_entropy(logits0, y, reduction="sum"), x0, retain_graph=True)
-                self._anchor = as_training_logits(model, logits0)  # the loss term sees unscaled gradients
+            with model_mode(model, self.sampler.model_mode):
+                self._anchor, grad = _anchored_gradient(model, x + delta, y)
                 delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
                 for _ in range(self.sampler.steps - 1):
                     delta = self.sampler.step(model, x, y, delta, t, generator=noise, threat=threat)
@@ -306,18 +323,10 @@ class ATL(_Stored, InnerStep):
         self._pending = (idx, copy, delta, x.detach())
         return (x + delta).detach()
 
-    def regularizer(self, logits, y):
-        anchor, self._anchor = self._anchor, None
-        return _consistency(self.consistency, logits, anchor)
-
     def commit(self):
         if self._pending is not None:
             self.bank.write(*self._pending)
             self._pending = None
-
-    def discard(self):
-        self._pending = None
-        self._anchor = None
 
     def state_dict(self):
         return {"bank": self.bank.state_dict(), "cycle": self._cycle}
@@ -455,7 +464,11 @@ class FGSMPGI(_Stored, _Attacked):
         self.generator = torch.Generator().manual_seed(int(seed))
         self._cycle = 0
         self._pending = None
-        self._prior_logits = None
+
+    @property
+    def consistency(self) -> float:
+        """The weight of the output-consistency term: ``lam``."""
+        return self.lam
 
     def _forget(self) -> None:
         self.initialized.zero_()
@@ -473,21 +486,13 @@ class FGSMPGI(_Stored, _Attacked):
         d = self.delta[cpu_idx].to(x.device)
         m = self.momentum[cpu_idx].to(x.device)
         d = threat.delta_to(x, x + d)  # the prior, in the (warmed-up) ball and the image box
-        x0 = (x + d).detach().requires_grad_(True)
-        with model_mode(model, self.model_mode), torch.enable_grad():
-            prior_logits = model(x0)
-            (g,) = torch.autograd.grad(F.cross_entropy(prior_logits, y, reduction="sum"), x0, retain_graph=True)
-            prior_logits = as_training_logits(model, prior_logits)
+        with model_mode(model, self.model_mode):
+            self._anchor, g = _anchored_gradient(model, x + d, y)
         m = g / g.abs().sum().clamp_min(1e-12) + self.decay * m
         stored = threat.delta_to(x, x + d + step * m.sign())
         trained = threat.delta_to(x, x + d + step * g.sign())
-        self._prior_logits = prior_logits
         self._pending = (cpu_idx, stored.detach().cpu(), m.detach().cpu())
         return (x + trained).detach()
-
-    def regularizer(self, logits, y):
-        prior, self._prior_logits = self._prior_logits, None
-        return _consistency(self.lam, logits, prior)
 
     def commit(self):
         if self._pending is not None:
@@ -495,10 +500,6 @@ class FGSMPGI(_Stored, _Attacked):
             self.delta[idx], self.momentum[idx] = d, m
             self.initialized[idx] = True
             self._pending = None
-
-    def discard(self):
-        self._pending = None
-        self._prior_logits = None
 
     def state_dict(self):
         return {

@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .errors import ConfigError
+
 NORMALIZE = ("global", "layer")
 
 __all__ = ["AdaDir", "AdaLR", "NormalizedSGD"]
@@ -33,19 +35,19 @@ __all__ = ["AdaDir", "AdaLR", "NormalizedSGD"]
 
 def _check(lr, eps, weight_decay, normalize, momentum=0.0, dampening=0.0, nesterov=False, betas=None):
     if not (isinstance(lr, Tensor) or lr >= 0.0):
-        raise ValueError(f"Invalid learning rate: {lr} (accepted: >= 0)")
+        raise ConfigError(f"Invalid learning rate: {lr} (accepted: >= 0)")
     if not eps >= 0.0:
-        raise ValueError(f"Invalid eps: {eps} (accepted: >= 0)")
+        raise ConfigError(f"Invalid eps: {eps} (accepted: >= 0)")
     if not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay: {weight_decay} (accepted: >= 0)")
+        raise ConfigError(f"Invalid weight_decay: {weight_decay} (accepted: >= 0)")
     if normalize not in NORMALIZE:
-        raise ValueError(f"Invalid normalize: {normalize!r} (accepted: {', '.join(NORMALIZE)})")
+        raise ConfigError(f"Invalid normalize: {normalize!r} (accepted: {', '.join(NORMALIZE)})")
     if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"Invalid momentum: {momentum} (accepted: 0 <= momentum < 1)")
+        raise ConfigError(f"Invalid momentum: {momentum} (accepted: 0 <= momentum < 1)")
     if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
+        raise ConfigError("Nesterov momentum requires a momentum > 0 and zero dampening")
     if betas is not None and not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-        raise ValueError(f"Invalid betas: {betas} (accepted: each in [0, 1))")
+        raise ConfigError(f"Invalid betas: {betas} (accepted: each in [0, 1))")
 
 
 def _default_foreach(params: list[Tensor]) -> bool:
@@ -219,7 +221,7 @@ class _Grafted(_NormalizedBase):
                  decoupled_weight_decay: bool = False, maximize: bool = False, foreach: bool | None = None):
         _check(lr, eps, weight_decay, normalize, momentum, dampening, nesterov, betas)
         if not adam_eps >= 0.0:
-            raise ValueError(f"Invalid adam_eps: {adam_eps} (accepted: >= 0)")
+            raise ConfigError(f"Invalid adam_eps: {adam_eps} (accepted: >= 0)")
         defaults = dict(lr=lr, betas=tuple(betas), momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, normalize=normalize, eps=eps, adam_eps=adam_eps,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize, foreach=foreach)

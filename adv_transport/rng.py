@@ -24,6 +24,8 @@ import zlib
 
 import torch
 
+from .errors import ConfigError
+
 M32 = 0xFFFFFFFF
 
 
@@ -48,7 +50,7 @@ def hash_words(*words: int) -> int:
     for w in words:
         w = int(w)
         if w < 0:
-            raise ValueError(f"hash words must be >= 0, got {w}")
+            raise ConfigError(f"hash words must be integers >= 0, got {w}")
         while True:
             h = mix32(h ^ (w & M32))
             w >>= 32

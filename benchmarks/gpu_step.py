@@ -1,6 +1,6 @@
 """Time per training step of PreAct-ResNet-18 on CIFAR-sized batches: clean, ATL (T = 1) and FGSM-RS through the same
 Trainer step, with ATL's bank bookkeeping (reading the batch's rows, writing them back) reported as a share of its
-step. Targets of issue #14: bank bookkeeping <= 5 % of an ATL step, an ATL step <= 2.2x a clean step.
+step. The targets: bank bookkeeping <= 5 % of an ATL step, an ATL step <= 2.2x a clean step.
 
 Every method gets the same model (fresh weights), SGD (momentum 0.9, weight decay 5e-4), crop + flip after delta and
 the same batches, staged on the device before timing. Each round times ``--steps`` steps of every method in turn

@@ -13,6 +13,7 @@ import logging
 import torch
 from pyautoattack import AutoAttack
 
+from adv_transport.errors import ConfigError
 from adv_transport.threat import host_norm
 
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr")}
@@ -23,7 +24,7 @@ def make_autoattack(model, norm: str, eps: float, version: str = "standard", see
     """A pyautoattack ``AutoAttack`` for a norm in any spelling :func:`~adv_transport.threat.canonical_norm` accepts,
     silent."""
     if version not in VERSIONS:
-        raise ValueError(f"AutoAttack version {version!r} is not supported; accepted: {', '.join(VERSIONS)}")
+        raise ConfigError(f"AutoAttack version {version!r} is not supported; accepted: {', '.join(VERSIONS)}")
     device = device or next(model.parameters()).device
     aa = AutoAttack(model, norm=host_norm(norm), eps=eps, version=version, seed=seed, device=device)
     aa.verbose = False
@@ -52,7 +53,7 @@ def autoattack_flags(
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
     if version == "standard" and n_classes < 10:
-        raise ValueError(
+        raise ConfigError(
             f"AutoAttack 'standard' needs at least 10 classes (APGD-T and FAB-T attack 9 target "
             f"classes); the model has {n_classes}. Use version 'rand' or the PGD attack instead."
         )

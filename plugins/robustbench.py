@@ -139,7 +139,10 @@ class AutoAttack:
         if state_path is not None and Path(state_path).is_file():
             state = EvaluationState.from_disk(state_path)
             if state.attacks_to_run != set(self._aa.attacks_to_run):
-                raise ValueError(f"the state {state_path} was made with other attacks ({sorted(state.attacks_to_run)})")
+                raise ConfigError(
+                    f"the state {state_path} was made with other attacks ({sorted(state.attacks_to_run)}); accepted: "
+                    f"a state of {sorted(self._aa.attacks_to_run)}, or none (remove the file to start over)"
+                )
         state = state or EvaluationState(self._aa.attacks_to_run, state_path, torch.zeros(len(x_orig)))
         x_adv = x_orig.clone().detach()
         for start in range(state.done * bs, len(x_orig), bs):

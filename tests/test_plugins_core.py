@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -9,13 +10,30 @@ from conftest import Linear2
 
 
 def test_core_import_touches_no_host_library():
+    # every module of the core (distributed, rng, accel, bankfile, training, gan, ... and `python -m adv_transport`)
+    # and of adv_transport.eval; only adv_transport.plugins.* may import a host library
     code = (
-        "import sys, adv_transport, adv_transport.eval\n"
+        "import importlib, json, pkgutil, runpy, sys, warnings\n"
+        "import adv_transport, adv_transport.eval\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "names = [m.name for p in (adv_transport, adv_transport.eval)\n"
+        "         for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]\n"
+        "names = [n for n in names if not n.startswith('adv_transport.plugins') and n != 'adv_transport.__main__']\n"
+        "for n in names:\n"
+        "    importlib.import_module(n)\n"
+        "sys.argv = ['adv_transport', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('adv_transport', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
         "hosts = [m for m in ('timm', 'torchattacks', 'robustbench', 'autoattack') if m in sys.modules]\n"
-        "print(','.join(hosts))"
+        "print(json.dumps({'imported': names, 'hosts': hosts}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == ""
+    seen = json.loads(out.splitlines()[-1])
+    assert seen["hosts"] == []
+    for name in ("distributed", "rng", "accel", "bankfile", "training", "gan.game", "eval.robustness"):
+        assert f"adv_transport.{name}" in seen["imported"]
 
 
 def test_torchattacks_langevin_attack_matches_sampler():
