@@ -257,11 +257,29 @@ class Run:
     evaluation: dict[str, Any] | None
     epoch: int | None
     checkpoint: Path
+    weights: str = "model"  # which weights ``model`` holds: "model" (last), "ema" (weight average) or "best"
+
+
+def final_weights(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+    """The weights a checkpoint reports, as :meth:`Trainer.final_model` picks them, and which they are: ``best`` (the
+    best validation epoch's, when the run selected on validation or stopped early), ``ema`` (the weight average,
+    when the run kept one), else ``model`` (the last weights)."""
+    r = (state.get("config") or {}).get("recipe") or {}
+    best = state.get("best")
+    if isinstance(best, dict) and isinstance(best.get("state"), dict) and (
+        r.get("select") == "best" or state.get("stopped_early_at") is not None
+    ):
+        return best["state"], "best"
+    ema = state.get("ema")
+    if isinstance(ema, dict) and ema:
+        return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}, "ema"
+    return state["model"], "model"
 
 
 def model_from_state(state: dict[str, Any], where: str | os.PathLike = "the checkpoint") -> nn.Module:
     """Rebuild the model of a checkpoint ``state`` (its recipe's architecture, class count, image size and the
-    normalisation stored in the weights) and load its weights. Returned on the CPU, in eval mode."""
+    normalisation stored in the weights) and load the weights it reports (:func:`final_weights`: the best validation
+    epoch's or the weight average when the run used them, else the last). Returned on the CPU, in eval mode."""
     from .models import build_model
 
     config = state.get("config") or {}
@@ -271,7 +289,7 @@ def model_from_state(state: dict[str, Any], where: str | os.PathLike = "the chec
             f"{where} holds no recipe (config['recipe'] with 'model' and 'dataset'); only checkpoints written by "
             "adv-transport train can be rebuilt: load its 'model' state dict into your own model instead"
         )
-    weights = state["model"]
+    weights, _ = final_weights(state)
     kwargs: dict[str, Any] = {"num_classes": config.get("num_classes"), "image_size": config.get("image_size")}
     if isinstance(weights.get("mean"), torch.Tensor) and isinstance(weights.get("std"), torch.Tensor):
         kwargs.update(mean=weights["mean"].flatten().tolist(), std=weights["std"].flatten().tolist())
@@ -310,6 +328,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
         evaluation=evaluation,
         epoch=state.get("epoch"),
         checkpoint=ckpt,
+        weights=final_weights(state)[1],
     )
 
 

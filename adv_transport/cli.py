@@ -96,6 +96,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_runtime_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
 
 
+def _recipe_defaults() -> dict:
+    """The default of every Recipe field: a checkpoint written before a field existed was trained with it."""
+    return {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
+
+
 def make_recipe(args):
     r = recipe(args.method, args.dataset)
     changes = {f.name: getattr(args, f.name, None) for f in recipe_fields()}
@@ -196,7 +201,7 @@ def _run_train(args, r, threat, runtime) -> Trainer:
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
         differ = settings_differ(
             f"cannot resume {ckpt}",
-            {**stored.get("recipe", {}), **{k: stored.get(k) for k in keys}},
+            {**_recipe_defaults(), **stored.get("recipe", {}), **{k: stored.get(k) for k in keys}},
             {**config["recipe"], **{k: config[k] for k in keys}},
             advice="Resume with the stored settings or choose another --out; the checkpoint was left as it is.",
         )

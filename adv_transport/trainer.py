@@ -210,7 +210,13 @@ class Trainer:
             "ema": None if self.ema is None else self.ema.state_dict(),
             "best": self.best,
             "stopped_early_at": self.stopped_early_at,
+            "grad_scaler": None if self._scaler is None else self._scaler.state_dict(),
         }
+
+    @property
+    def _scaler(self):
+        """The float16 GradScaler of the runtime, if any (its scale is part of a bit-identical resume)."""
+        return None if self.runtime is None else self.runtime.scaler
 
     def save_checkpoint(self) -> Path | None:
         if self.checkpoint_path is None:
@@ -256,6 +262,7 @@ class Trainer:
             "model": copy.deepcopy(self.model.state_dict()),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": None if self.scheduler is None else copy.deepcopy(self.scheduler.state_dict()),
+            "ema": None if self.ema is None else copy.deepcopy(self.ema.state_dict()),
             "rng": rng_states(),
         }
         try:
@@ -263,6 +270,8 @@ class Trainer:
             self.optimizer.load_state_dict(parts["optimizer"])
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
             set_rng_states(parts["rng"])
             self.method.load_state_dict(parts["method"])  # last: the bank can be large, it is not backed up
         except BaseException:
@@ -270,6 +279,8 @@ class Trainer:
             self.optimizer.load_state_dict(backup["optimizer"])
             if backup["scheduler"] is not None:
                 self.scheduler.load_state_dict(backup["scheduler"])
+            if backup["ema"] is not None:
+                self.ema.load_state_dict(backup["ema"])
             set_rng_states(backup["rng"])
             raise
         self.epoch, self.step = progress["epoch"], progress["step"]
@@ -279,8 +290,8 @@ class Trainer:
         self.history = progress["history"]
         self._epoch_stats = progress["epoch_stats"]
         self._loader_rng = progress["loader_rng"]
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+        if self._scaler is not None and state.get("grad_scaler") is not None:
+            self._scaler.load_state_dict(state["grad_scaler"])
         self.best = state.get("best")
         self.stopped_early_at = state.get("stopped_early_at")
 

@@ -72,6 +72,7 @@ STUDY_METHODS = {
     "Free ATL (replay 4)": ("free-atl", {"replay": 4, "epochs": 4, "eps_ramp": 1.25}),
 }
 SINGLE_STEP = ("FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA")
+NORMS_OF = {"fgsm-pgi": ("linf",)}  # methods defined for some norms only (FGSM-PGI's prior is a sign step)
 
 # ATL variants of the sweep: label -> recipe changes (eta relative to eps; s = noise scale, noise amplitude
 # s * sqrt(2 eta) per coordinate)
@@ -224,28 +225,31 @@ def final_over_best(history) -> float | None:
 
 
 def targets(agg: dict) -> list[str]:
+    """The issue's targets, each marked Met / Not met from the aggregated runs (a target whose runs are missing is
+    said to be missing). Training time is compared in counted gradient evaluations, which do not depend on what else
+    shared the CPU; the wall-clock ratio is printed beside it."""
     lines = []
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    aa = lambda m: None if m is None else m.get("autoattack_acc_mean")  # noqa: E731
     e8 = agg["eps"].get("8/255", {})
     atl = e8.get("ATL")
-    if atl:
-        single = {k: e8[k]["autoattack_acc_mean"] for k in SINGLE_STEP if k in e8 and e8[k]["autoattack_acc_mean"]}
+    if aa(atl) is not None:
+        single = {k: aa(e8.get(k)) for k in SINGLE_STEP if aa(e8.get(k)) is not None}
         if single:
             best = max(single, key=single.get)
-            ok = atl["autoattack_acc_mean"] >= single[best] + 1
-            lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 8/255): ATL AutoAttack "
-                         f"{fmt(atl['autoattack_acc_mean'])} % (mean of {atl['n_seeds']} seeds) vs the best "
-                         f"single-step method {best} "
-                         f"{fmt(single[best])} % + 1 point.")
+            ok = aa(atl) >= single[best] + 1
+            lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 8/255): ATL AutoAttack {fmt(aa(atl))} % (mean of "
+                         f"{atl['n_seeds']} seeds) vs the best single-step method, {best}, {fmt(single[best])} % "
+                         f"(mean of {e8[best]['n_seeds']}) + 1 point.")
         pgd = e8.get("PGD-10 AT")
-        if pgd and pgd["autoattack_acc_mean"] is not None:
-            ok_acc = atl["autoattack_acc_mean"] >= pgd["autoattack_acc_mean"] - 1
+        if aa(pgd) is not None:
+            ok_acc = aa(atl) >= aa(pgd) - 1
             ratio = atl["train_seconds_mean"] / pgd["train_seconds_mean"]
             gratio = atl["grad_evals_mean"] / pgd["grad_evals_mean"]
-            lines.append(f"- **{'Met' if ok_acc and gratio <= 0.25 else 'Not met'}** (eps 8/255): ATL "
-                         f"{fmt(atl['autoattack_acc_mean'])} % vs PGD-10 AT {fmt(pgd['autoattack_acc_mean'])} % - 1 "
-                         f"point, at {gratio:.2f}x its gradient evaluations ({ratio:.2f}x its training seconds; "
-                         "target <= 0.25x).")
+            lines.append(f"- **{'Met' if ok_acc and gratio <= 0.25 else 'Not met'}** (eps 8/255): ATL {fmt(aa(atl))} %"
+                         f" vs PGD-10 AT {fmt(aa(pgd))} % - 1 point (mean of {pgd['n_seeds']} seeds), at {gratio:.2f}x "
+                         f"its training cost in gradient evaluations (target <= 0.25x; wall-clock {ratio:.2f}x, on a "
+                         "shared CPU).")
     e16 = agg["eps"].get("16/255", {})
     atl = e16.get("ATL")
     if atl:
@@ -254,10 +258,10 @@ def targets(agg: dict) -> list[str]:
         lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 16/255): no ATL seed collapses (final test PGD-20 / best"
                      f" epoch's: {', '.join(fmt(r) for r in ratios)}; target >= 0.80 each).")
         nf = e16.get("N-FGSM")
-        if nf:
-            ok = atl["autoattack_acc_mean"] >= nf["autoattack_acc_mean"]
-            lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 16/255): ATL AutoAttack "
-                         f"{fmt(atl['autoattack_acc_mean'])} % vs N-FGSM {fmt(nf['autoattack_acc_mean'])} %.")
+        if aa(atl) is not None and aa(nf) is not None:
+            ok = aa(atl) >= aa(nf)
+            lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 16/255): ATL AutoAttack {fmt(aa(atl))} % vs N-FGSM "
+                         f"{fmt(aa(nf))} % (means of {atl['n_seeds']} and {nf['n_seeds']} seeds).")
     return lines
 
 
@@ -387,6 +391,10 @@ def main(argv=None):
         args.seeds = args.seeds if args.seeds != "0,1,2" else "0"
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "cifar10"
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    if args.val_n < 1:
+        p.error(f"--val-n must be >= 1 (the validation split: the last val_n training images), got {args.val_n}")
+    if args.mode == "sweep" and args.norm != "linf":
+        p.error("the sweep runs at l-inf eps 8/255 (its variants are written for it); --norm l2 is for the study")
     if args.mode != "report":
         full = at.load_dataset("cifar10", "train", args.data_dir)
         n_train = min(args.train_n, len(full) - args.val_n)
@@ -402,7 +410,7 @@ def main(argv=None):
             eps_list = [float(e) / (255 if args.norm == "linf" else 1) for e in args.eps.split(",")]
             seeds = [int(s) for s in args.seeds.split(",")]
             plan = [("study", e, label, m, ch, s) for e in eps_list for s in seeds
-                    for label, (m, ch) in STUDY_METHODS.items()]
+                    for label, (m, ch) in STUDY_METHODS.items() if args.norm in NORMS_OF.get(m, ("linf", "l2"))]
             names = STUDY_METHODS
         if args.methods:
             keep = [m.strip() for m in args.methods.split(";")]

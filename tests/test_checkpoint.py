@@ -129,6 +129,7 @@ def test_load_model_returns_the_trained_model_in_eval_mode(trained):
     assert [r["epoch"] for r in loaded.history] == [1, 2]
     assert loaded.evaluation == json.loads((run / "eval.json").read_text())
     assert loaded.config["num_classes"] == 10 and loaded.config["image_size"] == 28
+    assert loaded.weights == "model"  # no weight average, no selection: the last weights
 
 
 def test_load_run_without_a_recipe_says_what_to_do(tmp_path):
@@ -165,3 +166,37 @@ def test_corrupt_latest_checkpoint_resumes_from_its_predecessor(mnist_dir, tmp_p
     err = capsys.readouterr().err
     assert "nor can its predecessor" in err or "cannot be read either" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_load_model_reports_the_weight_average_or_the_best_epoch_as_the_run_did(mnist_dir, tmp_path):
+    """A run trained with weight averaging is evaluated and exported with the averaged weights; a run that selected
+    its epoch on validation (or stopped early) with that epoch's weights."""
+    assert _train(mnist_dir, tmp_path / "ema", "--ema-decay", "0.9") == 0
+    state = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=True)
+    run = at.load_run(tmp_path / "ema")
+    assert run.weights == "ema"
+    averaged = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, averaged[k])
+    assert not all(torch.equal(v, state["model"][k]) for k, v in run.model.state_dict().items())
+    # a checkpoint whose run selected the best validation epoch
+    chosen = {k: v + 1.0 if v.is_floating_point() else v for k, v in state["model"].items()}
+    state["best"] = {"epoch": 1, "val_pgd_acc": 50.0, "val_clean_acc": 90.0, "state": chosen}
+    state["config"]["recipe"]["select"] = "best"
+    torch.save(state, tmp_path / "best.pt")
+    run = at.load_run(tmp_path / "best.pt")
+    assert run.weights == "best"
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, chosen[k])
+
+
+def test_a_checkpoint_from_before_a_recipe_field_existed_still_resumes(mnist_dir, tmp_path):
+    out = tmp_path / "old"
+    assert _train(mnist_dir, out) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    for field in ("consistency", "replay", "ema_decay"):  # fields added after 0.1.0: absent from older checkpoints
+        del state["config"]["recipe"][field]
+    torch.save(state, out / "checkpoint.pt")
+    assert _train(mnist_dir, out, "--resume") == 0  # the settings check reads a missing field as its default
+    assert at.load_run(out).epoch == 2
+    assert _train(mnist_dir, out, "--resume", "--replay", "2") == 2  # a real difference is still refused
