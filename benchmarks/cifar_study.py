@@ -200,7 +200,8 @@ def aggregate(runs: list[dict]) -> dict:
             "clean_acc": r["final"]["clean_acc"], "train_seconds": r["train_seconds"], "grad_evals": r["grad_evals"],
             "epoch_seconds": r["epoch_seconds"], "square_drop": r["square_drop"], "selected_epoch": r["selected_epoch"],
             "stopped_early_at": r["stopped_early_at"],
-            "final_over_best_pgd": final_over_best(r["history"]),
+            # records recovered without their per-epoch history carry the ratio itself
+            "final_over_best_pgd": final_over_best(r["history"]) if r["history"] else r.get("final_over_best_pgd"),
         }
     for e in out["eps"].values():
         for m in e.values():
@@ -425,7 +426,7 @@ def main(argv=None):
             start = time.perf_counter()
             res = train_and_evaluate(mode, label, method, changes, eps, seed, data, args)
             res["wall_seconds"] = time.perf_counter() - start
-            path.write_text(json.dumps(res, indent=1))
+            at.checkpoint.atomic_write_text(json.dumps(res, indent=1), path)
             report(out, args)
     agg = report(out, args)
     print((out / "study.md").read_text())
