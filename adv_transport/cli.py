@@ -96,11 +96,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_runtime_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
 
 
-def _recipe_defaults() -> dict:
-    """The default of every Recipe field: a checkpoint written before a field existed was trained with it."""
-    return {f.name: f.default for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING}
-
-
 def make_recipe(args):
     r = recipe(args.method, args.dataset)
     changes = {f.name: getattr(args, f.name, None) for f in recipe_fields()}
@@ -125,12 +120,9 @@ def check_recipe(r) -> None:
         need(isinstance(v, int) and v >= 1, flag.replace("_", "-"), v, "accepted: an integer >= 1")
     need(r.steps is None or r.steps >= 1, "steps", r.steps, "accepted: an integer >= 1")
     need(finite(r.lr) and r.lr > 0, "lr", r.lr, "accepted: a finite number > 0")
-    need(
-        r.step_size is None or (finite(r.step_size) and r.step_size > 0),
-        "step-size",
-        r.step_size,
-        "accepted: a finite number > 0",
-    )
+    for flag in ("step_size", "eta"):
+        v = getattr(r, flag)
+        need(v is None or (finite(v) and v > 0), flag.replace("_", "-"), v, "accepted: a finite number > 0")
     for flag in ("weight_decay", "clean_weight", "noise_scale", "eps_ramp"):
         v = getattr(r, flag)
         need(finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
@@ -201,7 +193,7 @@ def _run_train(args, r, threat, runtime) -> Trainer:
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
         differ = settings_differ(
             f"cannot resume {ckpt}",
-            {**_recipe_defaults(), **stored.get("recipe", {}), **{k: stored.get(k) for k in keys}},
+            {**Recipe.from_dict(stored.get("recipe", {})).to_dict(), **{k: stored.get(k) for k in keys}},
             {**config["recipe"], **{k: config[k] for k in keys}},
             advice="Resume with the stored settings or choose another --out; the checkpoint was left as it is.",
         )

@@ -335,12 +335,14 @@ class ATL(_Stored, InnerStep):
         self.bank.load_state_dict(state["bank"])
         self._cycle = int(state.get("cycle", 0))
 
+    step_name = "eta"  # the recipe field of the chain's step (ATTA's is an attack step: step_size)
+
     def describe(self):
         s = self.sampler
         return {
             "method": self.name,
             "steps": s.steps,
-            "step_size": s.eta if not callable(s.eta) else repr(s.eta),  # the recipe's name: eta for ATL
+            self.step_name: s.eta if not callable(s.eta) else repr(s.eta),
             "noise_scale": s.noise_scale if not callable(s.noise_scale) else repr(s.noise_scale),
             "noise": s.noise,
             "model_mode": s.model_mode,
@@ -408,6 +410,7 @@ class ATTA(ATL):
     ATL's loop with a noiseless, one-step chain: the sampler must have ``noise_scale = 0`` and ``steps = 1``."""
 
     name = "atta"
+    step_name = "step_size"
 
     def __init__(self, bank: AdversarialBank, sampler: LangevinSampler, eps_ramp: float = 0.0, reset_every: int = 10):
         if value_at(sampler.noise_scale, 0.0) != 0 or callable(sampler.noise_scale) or sampler.steps != 1:

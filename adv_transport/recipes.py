@@ -21,6 +21,8 @@ from .threat import NORMS
 from .trainer import LOSSES, SELECTIONS
 
 METHODS = ("atl", "pgd", "fgsm-rs", "n-fgsm", "fgsm-pgi", "atta", "free-atl", "clean")
+# the methods whose inner step is a Langevin chain (their step is ``eta``; every other method's is ``step_size``)
+LANGEVIN_METHODS = ("atl", "free-atl")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("onecycle", "constant")
 
@@ -35,8 +37,9 @@ def _setting(default, help: str, choices=None, cli: bool = True):
 class Recipe:
     """Everything that decides a training run besides the model and the data.
 
-    ``step_size`` is the inner step's step size: the Langevin step eta for ``atl`` and ``atta``, the attack step
-    alpha for ``pgd``, ``fgsm-rs``, ``n-fgsm`` and ``fgsm-pgi`` (``--step-size`` for both)."""
+    Two names for two steps: ``eta`` is the Langevin step of ``atl`` and ``free-atl`` (``--eta``); ``step_size``
+    is the attack step alpha of ``pgd``, ``fgsm-rs``, ``n-fgsm``, ``fgsm-pgi`` and ``atta`` (``--step-size``).
+    Recipes written before ``eta`` existed stored ATL's eta as ``step_size``: :meth:`from_dict` reads them."""
 
     method: str = field(metadata={"help": "inner step", "choices": METHODS, "cli": False})
     dataset: str = field(metadata={"help": "dataset name", "cli": False})
@@ -55,7 +58,8 @@ class Recipe:
     augment: bool = _setting(False, "random crop (pad 4) and flip after adding delta (default: on for CIFAR)")
     # inner-step settings (see adv_transport.methods); None means "the method's default"
     steps: int | None = _setting(None, "Langevin steps T (atl) or PGD steps (pgd)")
-    step_size: float | None = _setting(None, "the inner step's step size: Langevin eta (atl, atta) or attack alpha")
+    eta: float | None = _setting(None, "Langevin step eta (atl, free-atl)")
+    step_size: float | None = _setting(None, "attack step alpha (pgd, fgsm-rs, n-fgsm, fgsm-pgi, atta)")
     noise_scale: float = _setting(0.2, "Langevin noise scale s")
     noise: str = _setting("uniform", "Langevin noise", NOISES)
     copies: int = _setting(1, "bank copies K per example")
@@ -84,6 +88,32 @@ class Recipe:
     )
     replay: int = _setting(1, "train on each batch this many times in a row (Free-AT's replay; epochs / replay)")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes", "cli": False})
+
+    def __post_init__(self):
+        if self.method in LANGEVIN_METHODS and self.step_size is not None:
+            raise ConfigError(
+                f"{self.method} takes a Langevin step eta (--eta, Recipe.eta), not step_size={self.step_size!r} "
+                "(the attack step of pgd, fgsm-rs, n-fgsm, fgsm-pgi and atta)"
+            )
+        if self.method not in LANGEVIN_METHODS and self.eta is not None:
+            raise ConfigError(
+                f"eta (--eta) is the Langevin step of {', '.join(LANGEVIN_METHODS)}; {self.method} takes "
+                f"step_size (--step-size), got eta={self.eta!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        """The recipe stored as ``d`` (:meth:`to_dict`); fields it lacks take their defaults (a recipe written
+        before a field existed was trained with it), and an ATL recipe written before ``eta`` existed has its
+        Langevin step under ``step_size``."""
+        d = dict(d)
+        if d.get("method") in LANGEVIN_METHODS and d.get("step_size") is not None and d.get("eta") is None:
+            d["eta"], d["step_size"] = d["step_size"], None
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
+        return cls(**d)
 
     def tricks(self) -> list[str]:
         """The tricks this recipe uses, as short labels (for result tables)."""
@@ -139,10 +169,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # the authors' small eta from a clean start needs many epochs before the chains reach the eps surface and
     # robustness takes off; a uniform start and a larger eta remove that delay. The eta chosen was the smallest among
     # those with the best AutoAttack accuracy; more noise or Gaussian noise was weaker (the runs: README, "Recipes").
-    ("atl", "mnist"): Recipe("atl", **_MNIST, epochs=20, steps=1, step_size=0.1, noise_scale=0.2, bank_init="uniform"),
+    ("atl", "mnist"): Recipe("atl", **_MNIST, epochs=20, steps=1, eta=0.1, noise_scale=0.2, bank_init="uniform"),
     # free ATL: ATL's chain settings, the chain advanced by the training pass's own input gradient
     ("free-atl", "mnist"): Recipe(
-        "free-atl", **_MNIST, epochs=20, steps=1, step_size=0.1, noise_scale=0.2, bank_init="uniform"
+        "free-atl", **_MNIST, epochs=20, steps=1, eta=0.1, noise_scale=0.2, bank_init="uniform"
     ),
     # PGD-40 AT at eps = 0.3 from scratch stays at chance, and so did N-FGSM; growing eps linearly from 0 over the
     # first 3 epochs lets them learn (README, "Recipes"). The same warm-up is given to every single-step baseline.
@@ -160,12 +190,12 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # it was), little noise (s = 0.2 made the chains mostly noise), FGSM-PGI's consistency term, the eps warm-up the
     # baselines have
     ("atl", "cifar10"): Recipe(
-        "atl", **_CIFAR, epochs=30, steps=1, step_size=1.25 * 8 / 255, noise_scale=0.05, bank_init="uniform",
+        "atl", **_CIFAR, epochs=30, steps=1, eta=1.25 * 8 / 255, noise_scale=0.05, bank_init="uniform",
         consistency=10.0, eps_ramp=5,
     ),
     # free ATL: ATL's chain (its consistency term needs a separate first pass, which free ATL does not have)
     ("free-atl", "cifar10"): Recipe(
-        "free-atl", **_CIFAR, epochs=30, steps=1, step_size=1.25 * 8 / 255, noise_scale=0.05, bank_init="uniform",
+        "free-atl", **_CIFAR, epochs=30, steps=1, eta=1.25 * 8 / 255, noise_scale=0.05, bank_init="uniform",
         eps_ramp=5,
     ),
     # without a warm-up PGD-10 AT and FGSM-RS stayed at chance on the small CNN (README, "Recipes")

@@ -49,9 +49,7 @@ def build_method(
         if r.method == "atta":
             sampler = LangevinSampler(threat, r.step_size or threat.eps / 2, 0.0, 1, r.noise, r.model_mode)
             return ATTA(bank, sampler, r.eps_ramp, 10 if r.reset_every is None else r.reset_every)
-        sampler = LangevinSampler(
-            threat, r.step_size or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode
-        )
+        sampler = LangevinSampler(threat, r.eta or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode)
         if r.method == "free-atl":
             return FreeATL(bank, sampler, r.eps_ramp, r.reset_every or 0)
         return ATL(bank, sampler, r.eps_ramp, r.reset_every or 0, consistency=r.consistency)

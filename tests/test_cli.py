@@ -70,7 +70,8 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--lr", "nan"], "--lr nan is not accepted; accepted: a finite number > 0"),
         (["--lr", "-1"], "--lr -1.0 is not accepted"),
         (["--batch-size", "0"], "--batch-size 0 is not accepted"),
-        (["--step-size", "inf"], "--step-size inf is not accepted"),
+        (["--eta", "inf"], "--eta inf is not accepted"),
+        (["--step-size", "0.1"], "atl takes a Langevin step eta (--eta, Recipe.eta), not step_size=0.1"),
         (["--model", "timm:resnet19"], "has no model 'resnet19'; close names: resnet18"),
         (["--model", "resnet18"], "unknown model 'resnet18'; accepted: mnist-cnn"),
     ],
@@ -102,6 +103,24 @@ def test_truncated_checkpoint_is_a_one_line_error_for_eval_and_resume(mnist_dir,
     assert _train(mnist_dir, out, "--resume") == 2
     err = capsys.readouterr().err
     assert "no previous checkpoint checkpoint.prev.pt to resume from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_langevin_step_is_eta_and_the_attack_step_is_step_size():
+    from adv_transport.cli import build_parser, make_recipe
+    from adv_transport.errors import ConfigError
+    from adv_transport.recipes import Recipe, recipe
+
+    r = make_recipe(build_parser().parse_args(["train", "--method", "atl", "--eta", "0.02"]))
+    assert (r.eta, r.step_size) == (0.02, None)
+    r = make_recipe(build_parser().parse_args(["train", "--method", "atta", "--step-size", "0.02"]))
+    assert (r.eta, r.step_size) == (None, 0.02)
+    with pytest.raises(ConfigError, match="eta \\(--eta\\) is the Langevin step of atl, free-atl; pgd takes step_size"):
+        recipe("pgd", "mnist").replace(eta=0.1)
+    # a recipe stored before eta existed (ATL's eta under step_size) reads back with its eta
+    old = {**recipe("atl", "mnist").to_dict(), "step_size": 0.05}
+    del old["eta"]
+    assert (Recipe.from_dict(old).eta, Recipe.from_dict(old).step_size) == (0.05, None)
+    assert Recipe.from_dict(recipe("pgd", "mnist").to_dict()) == recipe("pgd", "mnist")
 
 
 def test_train_flags_are_derived_from_the_recipe_fields():
