@@ -24,7 +24,7 @@ from .data import (
 )
 from .distributed import add_runtime_args, runtime_from_args
 from .errors import AdvTransportError, ConfigError, settings_differ
-from .models import MODELS
+from .models import check_model_name
 from .recipes import METHODS, Recipe, recipe
 from .threat import HOST_NORMS, NORMS, ThreatModel, host_norm
 from .trainer import Trainer
@@ -128,14 +128,13 @@ def check_recipe(r) -> None:
         need(finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
     need(finite(r.noise_mult) and r.noise_mult > 0, "noise-mult", r.noise_mult, "accepted: a finite number > 0")
     ThreatModel(r.norm, r.eps)  # eps: finite, > 0, < 1 for l-inf
-    if not r.model.startswith("timm:") and r.model not in MODELS:
-        raise ConfigError(f"unknown model {r.model!r}; accepted: {', '.join(MODELS)}")
+    check_model_name(r.model)
     if r.model.startswith("timm:"):
         try:
-            from .plugins.timm import check_model_name
+            from .plugins.timm import check_model_name as check_timm_name
         except ImportError as e:
             raise ConfigError(f"--model {r.model} needs timm ({e}); pip install 'adv-transport[plugins]'") from None
-        check_model_name(r.model[len("timm:") :])
+        check_timm_name(r.model[len("timm:") :])
 
 
 def _default_out(r) -> Path:

@@ -4,10 +4,15 @@
   hidden layer).
 - ``small-cnn``: the same architecture for any dataset (for CIFAR-10: 3 channels, 32x32), for CPU-sized comparisons.
 - ``preact-resnet18``: the CIFAR PreAct-ResNet-18 (He et al. 2016) used by Wong et al. 2020 and RobustBench.
+- ``wrn-<depth>-<width>``: the WideResNet (Zagoruyko & Komodakis 2016) of TRADES, Rice et al. 2020 and RobustBench,
+  e.g. ``wrn-28-10``, ``wrn-34-10``; its weights have the key names of robustbench's ``WideResNet``.
 - ``timm:<name>``: any timm model, created through :mod:`adv_transport.plugins.timm` (timm imported only then).
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 import torch
 import torch.nn as nn
@@ -16,7 +21,33 @@ import torch.nn.functional as F
 from .data import DATASETS, DEFAULT_IMAGE_SIZE, check_dataset_name
 from .errors import ConfigError
 
-MODELS = ("mnist-cnn", "small-cnn", "preact-resnet18", "timm:<name>")
+MODELS = ("mnist-cnn", "small-cnn", "preact-resnet18", "wrn-<depth>-<width>", "timm:<name>")
+WRN_PATTERN = re.compile(r"^wrn-(\d+)-(\d+)$")
+
+
+def wrn_depth_width(name: str) -> tuple[int, int] | None:
+    """``(depth, width)`` of a ``wrn-<depth>-<width>`` name (checked: depth 10, 16, 22, 28, 34, ..., width >= 1);
+    None for other names."""
+    m = WRN_PATTERN.match(name) if isinstance(name, str) else None
+    if m is None:
+        return None
+    depth, width = int(m.group(1)), int(m.group(2))
+    if depth < 10 or (depth - 4) % 6 or width < 1:
+        raise ConfigError(
+            f"{name}: a WideResNet's depth is 6n + 4 with n >= 1 (10, 16, 22, 28, 34, ...) and its width >= 1, "
+            "e.g. wrn-28-10 or wrn-34-10"
+        )
+    return depth, width
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it names one of :data:`MODELS` (``timm:<name>``: any name; timm checks it when building), else a
+    :class:`ConfigError` listing them."""
+    if name in ("mnist-cnn", "small-cnn", "preact-resnet18") or wrn_depth_width(name) is not None:
+        return name
+    if isinstance(name, str) and name.startswith("timm:"):
+        return name
+    raise ConfigError(f"unknown model {name!r}; accepted: {', '.join(MODELS)}")
 
 
 class Normalized(nn.Module):
@@ -101,6 +132,74 @@ def PreActResNet18(in_channels: int = 3, num_classes: int = 10, width: int = 64)
     return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
+class WideBlock(nn.Module):
+    """BN-ReLU-Conv3x3-BN-ReLU-Conv3x3 plus a shortcut: the identity, or (when the width changes) a 1x1 convolution
+    ``convShortcut`` of the pre-activated input. Named as robustbench's ``wide_resnet.BasicBlock`` (no dropout)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.convShortcut = None  # robustbench's key name
+        if stride != 1 or in_planes != planes:
+            self.convShortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.convShortcut is None else self.convShortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return shortcut + out
+
+
+class WideStage(nn.Module):
+    """``n`` :class:`WideBlock` s in ``.layer`` (robustbench's ``NetworkBlock``); the first one changes width/stride."""
+
+    def __init__(self, n: int, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.layer = nn.Sequential(
+            *(WideBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1) for i in range(n))
+        )
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WideResNet-``depth``-``width`` (Zagoruyko & Komodakis 2016) as in TRADES and RobustBench, without
+    normalisation: a 16-channel 3x3 convolution, three stages of ``(depth - 4) / 6`` blocks of 16, 32 and 64 times
+    ``width`` channels (strides 1, 2, 2), BN-ReLU, global average pooling and a linear layer. Its state dict has the
+    keys of ``robustbench.model_zoo.architectures.wide_resnet.WideResNet(depth, num_classes, width)`` (``conv1``,
+    ``block<k>.layer.<i>.{bn1,conv1,bn2,conv2,convShortcut}``, ``bn1``, ``fc``) and the same initialisation."""
+
+    def __init__(self, depth: int = 28, width: int = 10, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        wrn_depth_width(f"wrn-{depth}-{width}")  # checks them
+        n = (depth - 4) // 6
+        channels = (16, 16 * width, 32 * width, 64 * width)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], 3, stride=1, padding=1, bias=False)
+        self.block1 = WideStage(n, channels[0], channels[1], 1)
+        self.block2 = WideStage(n, channels[1], channels[2], 2)
+        self.block3 = WideStage(n, channels[2], channels[3], 2)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.fc = nn.Linear(channels[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+            elif isinstance(m, nn.Linear):
+                m.bias.data.zero_()
+
+    def forward(self, x):
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = F.relu(self.bn1(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # robustbench: avg_pool2d(out, 8), the same on 32x32 inputs
+        return self.fc(out)
+
+
 def build_model(
     name: str,
     dataset: str = "mnist",
@@ -130,10 +229,13 @@ def build_model(
     if image_size is None:
         image_size = spec["shape"][-1] if spec is not None else DEFAULT_IMAGE_SIZE
     channels = len(mean)
+    wrn = wrn_depth_width(name)
     if name in ("mnist-cnn", "small-cnn"):
         net = MnistCNN(channels, num_classes, image_size)
     elif name == "preact-resnet18":
         net = PreActResNet18(channels, num_classes)
+    elif wrn is not None:
+        net = WideResNet(*wrn, in_channels=channels, num_classes=num_classes)
     elif name.startswith("timm:"):
         try:
             from .plugins.timm import create_model  # host library, imported only when asked for
@@ -146,10 +248,15 @@ def build_model(
 
 
 def model_for_data(name: str, data, dataset: str | None = None) -> nn.Module:
-    """:func:`build_model` for ``dataset`` (default ``data.name``): a named dataset's own class count, image size and
-    statistics; for a ``folder:`` dataset those of the dataset object ``data`` (statistics computed from its images)."""
+    """:func:`build_model` for ``dataset`` (default ``data.name``) and the images of the dataset object ``data``: their
+    side (``data.shape``, e.g. ImageNet read at ``--image-size``). A named dataset's statistics and class count
+    (ImageNet, read from folders: the count of ``data``'s class folders, as the run's config stores it); a ``folder:``
+    dataset's class count and statistics (computed from its images) from ``data``."""
     dataset = dataset or data.name
+    shape = getattr(data, "shape", None)
+    image_size = int(shape[-1]) if shape else None
     if dataset in DATASETS:
-        return build_model(name, dataset)
+        num_classes = data.num_classes if getattr(data, "streaming", False) else None
+        return build_model(name, dataset, num_classes=num_classes, image_size=image_size)
     mean, std = data.stats()
-    return build_model(name, dataset, num_classes=data.num_classes, image_size=data.shape[-1], mean=mean, std=std)
+    return build_model(name, dataset, num_classes=data.num_classes, image_size=image_size, mean=mean, std=std)

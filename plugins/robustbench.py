@@ -14,8 +14,9 @@ API robustbench calls, backed by pyautoattack, whose state file does resume. The
 
 :func:`export_submission` writes what a RobustBench model-zoo pull request needs for one of our checkpoints: the
 weights under RobustBench's own key names and a zoo entry that builds the model from robustbench's own classes
-(``PreActResNet`` with ``mu``/``sigma`` buffers as in its Wong2020Fast entry; ``timm.create_model`` wrapped in its
-``normalize_model`` as in its ImageNet entries), so that loading the submission needs robustbench alone.
+(``PreActResNet`` with ``mu``/``sigma`` buffers as in its Wong2020Fast entry; ``WideResNet`` with ``mu``/``sigma``
+buffers as in its Rice2020Overfitting entry; ``timm.create_model`` wrapped in its ``normalize_model`` as in its ImageNet
+entries), so that loading the submission needs robustbench alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from adv_transport.checkpoint import Run, atomic_save, atomic_write_text, load_run
 from adv_transport.data import DATASETS
 from adv_transport.errors import ConfigError
+from adv_transport.models import wrn_depth_width
 from adv_transport.threat import HOST_NORMS, canonical_norm, host_norm
 
 from .autoattack import autoattack_flags, make_autoattack
@@ -184,6 +186,7 @@ from robustbench.utils import load_model  # noqa: E402
 __all__ = [
     "AutoAttack",
     "EvaluationState",
+    "architecture_name",
     "benchmark",
     "export_submission",
     "load_model",
@@ -240,11 +243,17 @@ def _architecture(run_model: str, dataset: str) -> str:
                 "robustbench's PreActResNet pools a 4x4 map (32x32 inputs): for ImageNet submit a timm:<name> model"
             )
         return "preact"
+    if wrn_depth_width(run_model) is not None:
+        if dataset == "imagenet":
+            raise ConfigError(
+                "robustbench's WideResNet pools an 8x8 map (32x32 inputs): for ImageNet submit a timm:<name> model"
+            )
+        return "wrn"
     if run_model.startswith("timm:"):
         return "timm"
     raise ConfigError(
-        f"RobustBench has no {run_model!r} architecture; submit a preact-resnet18 or a timm:<name> model "
-        "(RobustBench's own classes must be able to load it)"
+        f"RobustBench has no {run_model!r} architecture; submit a preact-resnet18, wrn-<depth>-<width> or timm:<name> "
+        "model (RobustBench's own classes must be able to load it)"
     )
 
 
@@ -257,6 +266,8 @@ def robustbench_state_dict(model, architecture: str, dataset: str) -> dict[str, 
     kind = _architecture(architecture, dataset)
     if kind == "preact":
         return {"mu": mean, "sigma": std, **preact_to_robustbench(inner)}
+    if kind == "wrn":  # our WideResNet has robustbench's key names
+        return {"mu": mean, "sigma": std, **inner}
     bad = [k for k in inner if "model." in k or "module." in k]
     if bad:
         raise ConfigError(f"robustbench's load_model would rename the keys {bad[:3]} of this timm model; cannot submit")
@@ -279,6 +290,10 @@ def _floats(t) -> str:
     return "(" + ", ".join(short(v) for v in torch.as_tensor(t, dtype=torch.float32).flatten()) + ")"
 
 
+# where the class of a zoo entry goes in robustbench/model_zoo/<dataset>.py: next to the entry it follows
+NEXT_TO = {"preact": " and the class next to Wong2020FastNet", "wrn": " and the class next to Rice2020OverfittingNet"}
+
+
 def zoo_entry(
     name: str,
     architecture: str,
@@ -298,7 +313,7 @@ def zoo_entry(
         f"# RobustBench model-zoo entry for {name} (written by adv-transport submit): robustbench's own classes.\n"
         # the OrderedDict of robustbench/model_zoo/<dataset>.py holding the entry is named as our norm
         f"# Add the entry to the `{canonical_norm(threat_model)}` OrderedDict of {where}"
-        + (" and the class next to Wong2020FastNet" if kind == "preact" else "")
+        + NEXT_TO.get(kind, "")
         + f";\n# upload models/{dataset}/{threat_model}/{name}.pt and put its id in 'gdrive_id'.\n"
     )
     if kind == "preact":
@@ -311,6 +326,27 @@ def zoo_entry(
             "    def __init__(self):\n"
             f"        super().__init__(PreActBlock, [2, 2, 2, 2], num_classes={num_classes}, bn_before_fc=True,\n"
             "                         out_shortcut=True)\n"
+            f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
+            f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n\n"
+            "    def forward(self, x):\n"
+            "        x = (x - self.mu) / self.sigma\n"
+            f"        return super({name}Net, self).forward(x)\n\n\n"
+            f"ENTRY = ('{name}', {{\n"
+            f"    'model': {name}Net,\n"
+            f"    'gdrive_id': '{gdrive}',\n"
+            "})\n"
+        )
+    if kind == "wrn":
+        depth, width = wrn_depth_width(architecture)
+        return head + (
+            "import torch\n\n"
+            "from robustbench.model_zoo.architectures.wide_resnet import WideResNet\n\n\n"
+            f"class {name}Net(WideResNet):\n"
+            f'    """WideResNet-{depth}-{width}; inputs in [0, 1], the {dataset} mean and std inside the model '
+            '(as\n    Rice2020OverfittingNet)."""\n\n'
+            "    def __init__(self):\n"
+            f"        super().__init__(depth={depth}, num_classes={num_classes}, widen_factor={width},\n"
+            "                         sub_block1=False)\n"
             f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
             f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n\n"
             "    def forward(self, x):\n"
@@ -372,7 +408,15 @@ def _eps_text(eps: float, threat_model: str) -> str:
     return f"{eps:g}"
 
 
-ARCHITECTURE_NAMES = {"preact-resnet18": "PreActResNet-18"}
+ARCHITECTURE_NAMES = {"preact-resnet18": "PreActResNet-18", "wrn-<depth>-<width>": "WideResNet-<depth>-<width>"}
+
+
+def architecture_name(model: str) -> str:
+    """The model card's ``architecture``, as RobustBench writes it: PreActResNet-18, WideResNet-28-10, resnet50."""
+    wrn = wrn_depth_width(model)
+    if wrn is not None:
+        return f"WideResNet-{wrn[0]}-{wrn[1]}"
+    return ARCHITECTURE_NAMES.get(model, model.replace("timm:", ""))
 
 
 def export_submission(
@@ -432,7 +476,7 @@ def export_submission(
         "number_forward_passes": 1,
         "dataset": dataset,
         "venue": "",
-        "architecture": ARCHITECTURE_NAMES.get(recipe["model"], recipe["model"].replace("timm:", "")),
+        "architecture": architecture_name(recipe["model"]),
         "eps": _eps_text(eps, threat_model),
         "clean_acc": f"{report['clean_acc']:.2f}" if "clean_acc" in report else "",
         "reported": "",

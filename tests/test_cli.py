@@ -74,6 +74,7 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--step-size", "0.1"], "atl takes a Langevin step eta (--eta, Recipe.eta), not step_size=0.1"),
         (["--model", "timm:resnet19"], "has no model 'resnet19'; close names: resnet18"),
         (["--model", "resnet18"], "unknown model 'resnet18'; accepted: mnist-cnn"),
+        (["--model", "wrn-27-10"], "wrn-27-10"),
     ],
 )
 def test_bad_settings_are_one_line_errors(mnist_dir, tmp_path, capsys, extra, message):
@@ -137,3 +138,10 @@ def test_train_flags_are_derived_from_the_recipe_fields():
     flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
     exposed = {f.name for f in dataclasses.fields(Recipe) if f.metadata.get("cli")}
     assert exposed <= flags and {"step_size", "eps", "model", "model_mode", "bank_dtype"} <= exposed
+
+
+def test_wide_resnet_names_are_accepted_by_train():
+    from adv_transport.cli import build_parser, make_recipe
+
+    r = make_recipe(build_parser().parse_args(["train", "--dataset", "cifar10", "--model", "wrn-28-10"]))
+    assert r.model == "wrn-28-10"

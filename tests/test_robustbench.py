@@ -117,13 +117,43 @@ def test_preact_resnet18_maps_onto_robustbench_preactresnet():
         assert torch.allclose(theirs((x - ours.mean) / ours.std), ours(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("depth,width", [(10, 1), (16, 4), (28, 10), (34, 10), (34, 20)])
+def test_wide_resnets_have_robustbench_wideresnet_keys(depth, width):
+    import adv_transport.plugins.robustbench  # noqa: F401  (first: it makes robustbench importable)
+    from adv_transport.models import WideResNet as OurWideResNet
+
+    WideResNet = importlib.import_module("robustbench.model_zoo.architectures.wide_resnet").WideResNet
+
+    with torch.device("meta"):  # shapes only: no memory, no time
+        ours = OurWideResNet(depth, width, num_classes=100).state_dict()
+        theirs = WideResNet(depth, num_classes=100, widen_factor=width).state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_wide_resnet_computes_what_robustbench_wideresnet_computes():
+    import adv_transport.plugins.robustbench as rb  # first: it makes robustbench importable
+
+    WideResNet = importlib.import_module("robustbench.model_zoo.architectures.wide_resnet").WideResNet
+
+    ours = _trained_like("wrn-10-1", "cifar10")
+    theirs = WideResNet(10, num_classes=10, widen_factor=1).eval()
+    mapped = rb.robustbench_state_dict(ours, "wrn-10-1", "cifar10")
+    assert set(mapped) == set(theirs.state_dict()) | {"mu", "sigma"}  # the entry's class adds the mu/sigma buffers
+    theirs.load_state_dict({k: v for k, v in mapped.items() if k not in ("mu", "sigma")}, strict=True)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(theirs((x - ours.mean) / ours.std), ours(x), atol=1e-5)
+    assert rb.architecture_name("wrn-34-10") == "WideResNet-34-10"
+
+
 AUTOATTACK_ALIAS = """\
 # the only stand-in the subprocess uses: robustbench 1.1.1 imports these names of the GitHub-only autoattack package
 class AutoAttack:
     pass
 """
 STOCK_ROBUSTBENCH = """\
-import importlib.abc, json, sys
+import importlib.abc, json, sys, traceback
 from pathlib import Path
 
 class NoAdvTransport(importlib.abc.MetaPathFinder):
@@ -139,43 +169,82 @@ from robustbench.model_zoo import model_dicts
 from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 from robustbench.utils import load_model
 
-namespace = {}
-exec((root / "sub" / "model_zoo_entry.py").read_text(), namespace)
-name, spec = namespace["ENTRY"]
-model_dicts[BenchmarkDataset.cifar_10][ThreatModel.Linf][name] = spec
-model = load_model(name, model_dir=root / "sub" / "models", dataset="cifar10", threat_model="Linf")
-ref = torch.load(root / "reference.pt", weights_only=True)
-with torch.no_grad():
-    out = model(ref["x"])
-print(json.dumps({"max_diff": (out - ref["logits"]).abs().max().item(), "class": type(model).__name__,
-                  "adv_transport_loaded": any(m.startswith("adv_transport") for m in sys.modules)}))
+results = {}
+for case, dataset, threat_model in json.loads(sys.argv[2]):  # one process for all: its imports take the time
+    try:
+        namespace = {}
+        exec((root / case / "sub" / "model_zoo_entry.py").read_text(), namespace)
+        name, spec = namespace["ENTRY"]
+        model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)][name] = spec
+        model = load_model(name, model_dir=root / case / "sub" / "models", dataset=dataset, threat_model=threat_model)
+        ref = torch.load(root / case / "reference.pt", weights_only=True)
+        with torch.no_grad():
+            out = model(ref["x"])
+        results[case] = {"max_diff": (out - ref["logits"]).abs().max().item(), "class": type(model).__name__}
+    except Exception:
+        results[case] = {"error": traceback.format_exc()}
+    results[case]["adv_transport_loaded"] = any(m.startswith("adv_transport") for m in sys.modules)
+print(json.dumps(results))
 """
 
+# (architecture, dataset, threat model, eps, norm of the run, robustbench class, what the entry builds it from, card)
+STOCK_CASES = [
+    ("preact-resnet18", "cifar10", "Linf", 8 / 255, "linf", "Doe2026LangevinNet", "PreActResNet", "PreActResNet-18"),
+    ("preact-resnet18", "cifar10", "L2", 0.5, "l2", "Doe2026LangevinNet", "PreActResNet", "PreActResNet-18"),
+    ("preact-resnet18", "cifar100", "Linf", 8 / 255, "linf", "Doe2026LangevinNet", "PreActResNet", "PreActResNet-18"),
+    ("wrn-10-1", "cifar10", "Linf", 8 / 255, "linf", "Doe2026LangevinNet", "WideResNet", "WideResNet-10-1"),
+    ("timm:resnet18", "cifar100", "Linf", 8 / 255, "linf", "Sequential", "normalize_model", "resnet18"),
+    ("timm:resnet18", "imagenet", "Linf", 4 / 255, "linf", "Sequential", "normalize_model", "resnet18"),
+]
+STOCK_IDS = [f"{arch.replace(':', '-')}-{dataset}-{threat}" for arch, dataset, threat, *_ in STOCK_CASES]
 
-def test_cifar10_submission_loads_with_stock_robustbench_alone(tmp_path):
-    """The CLI's submission, loaded in a fresh process that cannot import adv_transport: robustbench's load_model
-    (from the file where it looks, so nothing is downloaded) returns a model whose outputs equal ours."""
+
+@pytest.fixture(scope="module")
+def stock_loads(tmp_path_factory):
+    """Every STOCK_CASES run submitted through the CLI, then loaded in one fresh process that cannot import
+    adv_transport. Returns the folder (``<case>/sub`` is a submission) and the process's result per case."""
     from adv_transport.cli import main
 
-    run, ours = _run_dir(tmp_path, "preact-resnet18", "cifar10")
-    argv = ["submit", "--checkpoint", str(run), "--name", "Doe2026Langevin", "--out", str(tmp_path / "sub")]
-    assert main(argv + ["--title", "Langevin adversarial transport"]) == 0
-    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        torch.save({"x": x, "logits": ours(x)}, tmp_path / "reference.pt")
-    alias = tmp_path / "alias" / "autoattack"
+    root = tmp_path_factory.mktemp("stock")
+    alias = root / "alias" / "autoattack"
     alias.mkdir(parents=True)
     (alias / "__init__.py").write_text(AUTOATTACK_ALIAS)
     (alias / "state.py").write_text("class EvaluationState:\n    pass\n")
+    cases = []
+    for case, (arch, dataset, threat, eps, norm, *_) in zip(STOCK_IDS, STOCK_CASES):
+        (root / case).mkdir()
+        run, ours = _run_dir(root / case, arch, dataset, eps=eps, norm=norm)
+        argv = ["submit", "--checkpoint", str(run), "--name", "Doe2026Langevin", "--out", str(root / case / "sub")]
+        assert main(argv + ["--title", "Langevin adversarial transport"]) == 0, case
+        x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            torch.save({"x": x, "logits": ours(x)}, root / case / "reference.pt")
+        cases.append([case, dataset, threat])
     res = subprocess.run(
-        [sys.executable, "-c", STOCK_ROBUSTBENCH, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-c", STOCK_ROBUSTBENCH, str(root), json.dumps(cases)], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.strip().splitlines()[-1])
-    assert got["class"] == "Doe2026LangevinNet" and not got["adv_transport_loaded"]
+    return root, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("arch,dataset,threat,eps,norm,cls,builder,card_arch", STOCK_CASES, ids=STOCK_IDS)
+def test_submission_loads_with_stock_robustbench_alone(
+    stock_loads, request, arch, dataset, threat, eps, norm, cls, builder, card_arch
+):
+    """The CLI's submission, loaded in a fresh process that cannot import adv_transport: robustbench's load_model
+    (from the file where it looks, so nothing is downloaded) returns a model whose outputs equal ours."""
+    root, results = stock_loads
+    case = request.node.callspec.id
+    got = results[case]
+    assert "error" not in got, got.get("error")
+    assert got["class"] == cls and not got["adv_transport_loaded"]
     assert got["max_diff"] < 1e-5
-    entry = (tmp_path / "sub" / "model_zoo_entry.py").read_text()
-    assert "adv_transport" not in entry and "PreActResNet" in entry and "mu" in entry
+    entry = (root / case / "sub" / "model_zoo_entry.py").read_text()
+    assert "adv_transport" not in entry and builder in entry
+    if builder != "normalize_model":  # our own class: the normalisation in mu/sigma buffers, as RobustBench's entries
+        assert "register_buffer('mu'" in entry and "register_buffer('sigma'" in entry
+    card = json.loads((root / case / "sub" / "model_info" / dataset / threat / "Doe2026Langevin.json").read_text())
+    assert card["architecture"] == card_arch and card["dataset"] == dataset
 
 
 @pytest.mark.parametrize("dataset,eps", [("cifar100", 8 / 255), ("imagenet", 4 / 255)])
@@ -241,6 +310,9 @@ def test_bad_submission_names_and_datasets_are_explained(tmp_path):
     run, _ = _run_dir(tmp_path, "small-cnn", "cifar10")
     with pytest.raises(ConfigError, match="RobustBench has no 'small-cnn' architecture"):
         rb.export_submission(run, "Doe2026Langevin", "cifar10", "Linf", tmp_path / "s", card={"name": "T"})
+    run, _ = _run_dir(tmp_path, "wrn-10-1", "imagenet")
+    with pytest.raises(ConfigError, match="WideResNet pools an 8x8 map"):
+        rb.export_submission(run, "Doe2026Langevin", "imagenet", "Linf", tmp_path / "s", card={"name": "T"})
     run, _ = _run_dir(tmp_path, "preact-resnet18", "cifar100")
     with pytest.raises(ConfigError, match="paper's title"):
         rb.export_submission(run, "Doe2026Langevin", "cifar100", "Linf", tmp_path / "s")
