@@ -7,6 +7,7 @@ import torch.nn as nn
 
 import adv_transport.eval.robustness as robustness
 from adv_transport import ThreatModel
+from adv_transport.checkpoint import safe_load
 from adv_transport.eval import SanityWarning, evaluate, to_markdown
 
 from conftest import TinyCNN, synthetic_dataset
@@ -93,7 +94,7 @@ def test_interrupted_evaluation_resumes_without_redoing_batches(model, data, tmp
     state = tmp_path / "eval.state.pt"
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, data, THREAT, ["clean", "fgsm", "pgd"], state_path=state, **resume_settings)
-    assert torch.load(state, weights_only=False)["done"] == 2
+    assert safe_load(state, "an evaluation state")["done"] == 2
     calls.clear()
     monkeypatch.setattr(robustness, "pgd", lambda *a, **k: (calls.append(1), real_pgd(*a, **k))[1])
     resumed = evaluate(model, data, THREAT, ["clean", "fgsm", "pgd"], state_path=state, **resume_settings)

@@ -19,6 +19,7 @@ from adv_transport import (
     ThreatModel,
     Trainer,
 )
+from adv_transport.checkpoint import safe_load
 
 from conftest import TinyCNN, synthetic_dataset
 
@@ -198,7 +199,7 @@ def test_failing_model_load_on_resume_leaves_bank_and_model_untouched(tmp_path):
     trainer.fit(batches, epochs=1)
     other, other_batches = make_trainer(dtype="int8", lr=0.01)
     other.fit(other_batches, epochs=1)  # a bank and a model that differ from the checkpoint's
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = safe_load(tmp_path / "checkpoint.pt", "a checkpoint")
     ckpt["model"].pop("net.3.bias")  # the model load fails (missing key)
     bank = other.method.bank.storage.clone()
     params = [p.detach().clone() for p in other.model.parameters()]
@@ -210,7 +211,7 @@ def test_failing_model_load_on_resume_leaves_bank_and_model_untouched(tmp_path):
     assert torch.equal(other.optimizer.state_dict()["state"][0]["momentum_buffer"], opt_state)
     assert (other.epoch, other.step) == (1, 0)
     # a failing optimizer load after a successful model load is rolled back too
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = safe_load(tmp_path / "checkpoint.pt", "a checkpoint")
     ckpt["optimizer"]["param_groups"].append(dict(ckpt["optimizer"]["param_groups"][0]))
     with pytest.raises(ValueError):
         other.load_state_dict(ckpt)
@@ -266,7 +267,7 @@ def test_mid_epoch_resume_without_a_recorded_loader_state_is_refused(tmp_path):
     part.optimizer.step = dying_step
     with pytest.raises(Killed):
         part.fit(loader, epochs=1)
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = safe_load(tmp_path / "checkpoint.pt", "a checkpoint")
     ckpt["loader_rng"] = None  # as written by a version that did not record it
     resumed, loader = _loader_trainer(None)
     resumed.load_state_dict(ckpt)
