@@ -74,11 +74,33 @@ def open_bank_files(path, meta: dict, full_shape: tuple, dtype: str, scale_fill:
             None if scale is None else torch.from_numpy(scale), maps)
 
 
+BANK_ARRAYS = {"storage": "values", "initialized": "initialised-flags", "row_scale": "per-example scales"}
+
+
 def read_bank_files(path) -> dict:
-    """A memory-mapped bank's arrays, read-only (to re-shard it): ``storage``, ``initialized``, ``row_scale``."""
+    """A memory-mapped bank's arrays opened read-only and not read into memory (to re-shard it: index the rows needed,
+    :func:`take_rows`): ``storage``, ``initialized`` and, when the bank has one, ``row_scale``, as numpy memory maps.
+    A missing, truncated or corrupt file raises :class:`BankMismatchError` naming it (nothing is modified)."""
     files = sidecars(path)
-    out = {"storage": torch.from_numpy(np.array(np.load(path, mmap_mode="r"))),
-           "initialized": torch.from_numpy(np.array(np.load(files["init"], mmap_mode="r")))}
+    paths = {"storage": Path(path), "initialized": files["init"]}
     if files["scale"].exists():
-        out["row_scale"] = torch.from_numpy(np.array(np.load(files["scale"], mmap_mode="r")))
+        paths["row_scale"] = files["scale"]
+    out = {}
+    for key, file in paths.items():
+        try:
+            out[key] = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BankMismatchError(
+                f"the bank file {file} is missing, truncated or corrupt ({type(e).__name__}: {reason}); expected the "
+                f"{BANK_ARRAYS[key]} of the memory-mapped bank {path} (a .npy file written by adv-transport)"
+            ) from None
     return out
+
+
+def take_rows(array, rows: torch.Tensor) -> torch.Tensor:
+    """The rows ``rows`` (int64, on the CPU) of a stored bank array: a numpy (memory-mapped) array or a tensor
+    (possibly mapped from a file); only those rows are read."""
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(array[rows.numpy()]))
+    return array.index_select(0, rows)

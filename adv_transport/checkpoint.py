@@ -138,13 +138,14 @@ def _numpy_rng_globals() -> list:
     return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def safe_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu") -> Any:
+def safe_load(path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``; any failure becomes one :class:`CheckpointError` line saying which
-    file could not be read as ``what`` and why."""
+    file could not be read as ``what`` and why. ``mmap``: the tensors are mapped from the file, not read (a tensor's
+    pages are read when it is used)."""
     path = Path(path)
     try:
         with torch.serialization.safe_globals(_numpy_rng_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, **({"mmap": True} if mmap else {}))
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "Weights only load failed" in reason or "Unsupported global" in str(e):

@@ -426,7 +426,8 @@ class IndexedBatches:
     The order of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at (epoch, step) sees exactly the batches
     an uninterrupted run would have seen. A streaming dataset (``dataset.streaming``, e.g. an image folder) is read
     through a ``torch.utils.data.DataLoader`` with ``num_workers`` worker processes (default: the dataset's
-    ``num_workers``) in that same order; in-memory datasets are sliced in this process.
+    ``num_workers``) in that same order; in-memory datasets are sliced in this process. For a CUDA ``device`` a
+    batch is gathered into pinned (page-locked) memory and copied without blocking the host.
     """
 
     def __init__(
@@ -469,10 +470,30 @@ class IndexedBatches:
         if getattr(self.dataset, "streaming", False):
             yield from self._stream(order, start_step)
             return
+        pinned = self.device.type == "cuda"
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            if pinned:  # page-locked host memory: the copy to the GPU does not block the host
+                x, y, idx = self._pinned_batch(idx)
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
+                continue
             x, y, idx = self.dataset.get(idx)
             yield x.to(self.device), y.to(self.device), idx
+
+    def _pinned_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``dataset.get(idx)`` in pinned memory: an :class:`IndexedDataset`'s rows are gathered and converted
+        straight into a pinned buffer (the same values as ``get``), any other dataset's batch is copied there."""
+        ds = self.dataset
+        if type(ds).get is not IndexedDataset.get or not isinstance(ds.images, torch.Tensor):
+            x, y, idx = ds.get(idx)
+            return x.pin_memory(), y.pin_memory(), idx
+        rows = ds.images[idx]
+        x = torch.empty(rows.shape, dtype=torch.float32, pin_memory=True).copy_(rows)
+        if rows.dtype == torch.uint8:
+            x.div_(255.0)
+        y = torch.empty(idx.shape, dtype=torch.long, pin_memory=True)
+        torch.index_select(ds.labels, 0, idx, out=y)
+        return x, y, idx
 
     def __iter__(self):
         return self.iterate(self.epoch)

@@ -38,12 +38,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from . import accel
 from .bank import DTYPES, AdversarialBank, check_indices
+from .bankfile import read_bank_files, take_rows
 from .checkpoint import atomic_save, rng_states, safe_load, set_rng_states
 from .data import IndexedBatches
 from .errors import BankMismatchError, ConfigError, NonFiniteLossError
@@ -155,10 +157,13 @@ def stored_world_size(run_dir, stamp: str) -> int | None:
     return max(complete) if complete else None
 
 
-def read_rank_file(path: Path) -> dict:
-    state = safe_load(path, "an adv-transport rank file (a bank shard and random states)")
-    if not isinstance(state, dict) or state.get("format") != RANK_FILE_FORMAT:
-        raise BankMismatchError(f"{path} is not an adv-transport rank file")
+def read_rank_file(path: Path, mmap: bool = False) -> dict:
+    """The rank file ``path`` (``mmap``: its tensors mapped from the file, read when used); a missing, truncated or
+    corrupt file raises :class:`~adv_transport.checkpoint.CheckpointError` naming it."""
+    what = "an adv-transport rank file (a bank shard and random states, written with the checkpoint)"
+    state = safe_load(path, what, mmap=mmap)
+    if not isinstance(state, dict) or state.get("format") != RANK_FILE_FORMAT or not isinstance(state.get("rng"), dict):
+        raise BankMismatchError(f"{path} is not {what}")
     return state
 
 
@@ -333,63 +338,95 @@ class ShardedBank(AdversarialBank):
             raise ConfigError("a sharded bank is saved through its Runtime (rank files); attach it to a Trainer")
         return {"metadata": self.metadata(), "shards": {"world_size": self.world_size, "stamp": self.stamp}}
 
-    def _local_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        """``state`` (a whole bank, or a reference to rank files of any world size) cut to this shard."""
+    # ------------------------------------------------------------------ re-sharding
+    def _sources(self, state: dict[str, Any]) -> list[tuple[str, Any, int, int]]:
+        """The stored banks this shard's rows come from, when they are not this shard's own rank file: ``(name,
+        open, q, m)`` for each stored shard q of m (a whole bank: q = 0 of m = 1). Nothing is read here; ``open()``
+        maps the shard's files (:meth:`_open_source`)."""
         if "shards" not in state:
-            return self._cut(state, self.rank_rows(state, 0, 1))
+            return [(str(state.get("memmap") or "the checkpoint's bank"), lambda: state, 0, 1)]
         ref = state["shards"]
         m, stamp = int(ref["world_size"]), str(ref["stamp"])
         if self.rank_dir is None:
             raise BankMismatchError("the stored bank is sharded over rank files; resume it through a Runtime")
-        if m == self.world_size:
-            own = read_rank_file(rank_file(self.rank_dir, stamp, self.rank, m))["bank"]
-            # (a memory-mapped shard: a record of the file this bank has open)
-            return {**own, "metadata": state["metadata"], "shard": self._shard_key()}
         if not at_epoch_end(stamp):
             raise BankMismatchError(
                 f"the checkpoint was written mid-epoch ({stamp}) by {m} ranks; this run has {self.world_size}. Resume "
                 f"it with {m} ranks, or from a checkpoint written at the end of an epoch (ranks re-shard there)"
             )
-        parts = []
-        for q in range(m):
-            shard = read_rank_file(rank_file(self.rank_dir, stamp, q, m))["bank"]
-            parts.append((shard, self.rank_rows(shard, q, m)))
-        return self._merge(parts, state["metadata"])
+        paths = [rank_file(self.rank_dir, stamp, q, m) for q in range(m)]
+        return [(str(p), lambda p=p, q=q: _stored_shard(p, q, m), q, m) for q, p in enumerate(paths)]
 
-    def rank_rows(self, state, q: int, m: int):
+    def _open_source(self, name: str, open_bank, q: int, m: int) -> dict[str, Any]:
+        """The arrays of stored shard q of m, mapped from its files rather than read, after checking that they hold
+        that shard's rows (:class:`BankMismatchError` naming the file otherwise)."""
+        bank = open_bank()
+        if not isinstance(bank, dict):
+            raise BankMismatchError(f"{name} holds no adversarial bank shard")
+        if "memmap" in bank:  # a memory-mapped shard: its .npy files, mapped read-only
+            name = str(bank["memmap"])
+            bank = {**bank, **read_bank_files(bank["memmap"])}
+        rows = shard_size(self.total_examples, q, m)
+        want = {"storage": ((rows, self.copies) + self.shape, self.dtype), "initialized": ((rows, self.copies), "bool")}
+        if self.row_scale is not None and bank.get("row_scale") is not None:
+            want["row_scale"] = ((rows, self.copies), "float32")
+        for key, (shape, dtype) in want.items():
+            got = _array_kind(bank.get(key))
+            if got != (shape, dtype):
+                held = "missing" if got is None else f"{got[1]} {got[0]}"
+                raise BankMismatchError(
+                    f"{name}: the stored bank's {key} is {held}, expected {dtype} {shape} (shard {q} of {m} ranks of "
+                    f"a bank of {self.total_examples} examples); the file was left as it is"
+                )
+        if bank.get("generator") is not None:
+            try:
+                torch.Generator().set_state(bank["generator"])
+            except (TypeError, RuntimeError) as e:
+                raise BankMismatchError(f"{name}: the stored bank's generator state is not valid ({e})") from None
+        return bank
+
+    def rank_rows(self, q: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions in a stored shard q of m, this shard's rows) of the examples this rank owns."""
         g = torch.arange(q, self.total_examples, m)
         mine = g % self.world_size == self.rank
         return mine.nonzero().view(-1), self.rows_of(g[mine])
 
-    def _cut(self, state, rows) -> dict[str, Any]:
-        return self._merge([(state, rows)], state.get("metadata", {}))
-
-    def _merge(self, parts, meta) -> dict[str, Any]:
-        storage = torch.zeros((self.num_examples, self.copies) + self.shape, dtype=self.storage.dtype)
-        init = torch.zeros(self.num_examples, self.copies, dtype=torch.bool)
-        scale = None if self.row_scale is None else torch.full(tuple(self.row_scale.shape), self._scale)
+    def _reshard(self, state: dict[str, Any]) -> None:
+        """Copy this shard's rows from the stored banks ``state`` refers to (checked by :meth:`check_state_dict`),
+        one stored shard at a time and only the rows this rank owns, straight into this bank: the memory needed beyond
+        the bank is that of one stored shard's rows of this rank."""
         gen = None
-        for state, (src, dst) in parts:
-            if "memmap" in state:  # a memory-mapped shard: read its files
-                from .bankfile import read_bank_files
+        for source in self._sources(state):
+            bank = self._open_source(*source)
+            src, dst = self.rank_rows(source[2], source[3])
+            dst = dst.to(self.storage.device)
+            rows = take_rows(bank["storage"], src)
+            self.storage.index_copy_(0, dst, rows.to(self.storage.device, self.storage.dtype))
+            del rows
+            self.initialized.index_copy_(0, dst, take_rows(bank["initialized"], src).to(self.initialized.device))
+            if self.row_scale is not None:
+                if bank.get("row_scale") is not None:
+                    self.row_scale.index_copy_(0, dst, take_rows(bank["row_scale"], src).to(self.row_scale.device))
+                else:  # saved without per-example scales: the grid eps/127
+                    self.row_scale.index_fill_(0, dst, self._scale)
+            gen = gen if gen is not None else bank.get("generator")
+            del bank
+        if gen is not None:
+            self.generator.set_state(gen)
 
-                state = {**state, **read_bank_files(state["memmap"])}
-            for key in ("storage", "initialized"):
-                if not isinstance(state.get(key), torch.Tensor):
-                    raise BankMismatchError(f"the stored adversarial bank has no {key} tensor")
-            if state["storage"].shape[1:] != storage.shape[1:]:
-                raise BankMismatchError(f"the stored bank rows are {tuple(state['storage'].shape[1:])}, expected "
-                                        f"{tuple(storage.shape[1:])}")
-            storage[dst] = state["storage"][src].to(storage.dtype)
-            init[dst] = state["initialized"][src]
-            if scale is not None and state.get("row_scale") is not None:
-                scale[dst] = state["row_scale"][src]
-            gen = gen if gen is not None else state.get("generator")
-        out = {"metadata": meta, "storage": storage, "initialized": init, "generator": gen, "shard": self._shard_key()}
-        if scale is not None:
-            out["row_scale"] = scale
-        return out
+    def _own_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This shard's own rank file (written by as many ranks as this run has), mapped rather than read."""
+        if self.rank_dir is None:
+            raise BankMismatchError("the stored bank is sharded over rank files; resume it through a Runtime")
+        stamp = str(state["shards"]["stamp"])
+        own = _stored_shard(rank_file(self.rank_dir, stamp, self.rank, self.world_size), self.rank, self.world_size)
+        if not isinstance(own, dict):
+            raise BankMismatchError(f"{rank_file(self.rank_dir, stamp, self.rank, self.world_size)} holds no bank")
+        # (a memory-mapped shard: a record of the file this bank has open)
+        return {**own, "metadata": state["metadata"], "shard": self._shard_key()}
+
+    def _own_shard(self, state: dict[str, Any]) -> bool:
+        return "shards" in state and int(state["shards"]["world_size"]) == self.world_size
 
     def _shard_key(self) -> dict[str, int]:
         return {"rank": self.rank, "world_size": self.world_size}
@@ -397,34 +434,63 @@ class ShardedBank(AdversarialBank):
     def check_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("shard") == self._shard_key():  # already this shard's rows
             return AdversarialBank.check_state_dict(self, state)
-        if "shards" in state:  # the metadata here, the rank files when loading
-            probe = {"metadata": dict(state.get("metadata", {})), "storage": self.storage,
-                     "initialized": self.initialized, "generator": self.generator.get_state()}
-            AdversarialBank.check_state_dict(self, probe)
-            m, stamp = int(state["shards"]["world_size"]), str(state["shards"]["stamp"])
-            if self.rank_dir is not None:
-                missing = [r for r in range(m) if not rank_file(self.rank_dir, stamp, r, m).is_file()]
-                if missing:
-                    raise BankMismatchError(
-                        f"the checkpoint's bank shards {stamp} of {m} ranks are missing rank file(s) {missing} under "
-                        f"{Path(self.rank_dir) / RANKS_DIR}"
-                    )
-                if m != self.world_size and not at_epoch_end(stamp):
-                    self._local_state(state)  # raises the mid-epoch message
-            return
-        if self.world_size == 1:
+        if "shards" not in state and self.world_size == 1:  # a whole bank: this shard is the whole bank
             return super().check_state_dict(state)
-        AdversarialBank.check_state_dict(self, self._local_state(state))
+        # the settings here; then the files: this shard's own rank file, or those it is re-sharded from
+        gen = state.get("generator")
+        probe = {
+            "metadata": dict(state.get("metadata", {})),
+            "storage": self.storage,
+            "initialized": self.initialized,
+            "generator": self.generator.get_state() if gen is None else gen,
+        }
+        AdversarialBank.check_state_dict(self, probe)
+        if "shards" in state:
+            m, stamp = int(state["shards"]["world_size"]), str(state["shards"]["stamp"])
+            if self.rank_dir is None:
+                return
+            missing = [r for r in range(m) if not rank_file(self.rank_dir, stamp, r, m).is_file()]
+            if missing:
+                raise BankMismatchError(
+                    f"the checkpoint's bank shards {stamp} of {m} ranks are missing rank file(s) {missing} under "
+                    f"{Path(self.rank_dir) / RANKS_DIR}"
+                )
+            if m == self.world_size:
+                return AdversarialBank.check_state_dict(self, self._own_state(state))
+        for source in self._sources(state):
+            self._open_source(*source)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._flush(None)
         if state.get("shard") == self._shard_key() or ("shards" not in state and self.world_size == 1):
             local = dict(state)
-        else:
-            local = self._local_state(state)
+        elif self._own_shard(state):
+            local = self._own_state(state)
+        else:  # another world size (or a whole bank): this rank's rows, one stored shard at a time
+            self.check_state_dict(state)  # every file checked before anything changes
+            return self._reshard(state)
         if local.get("generator") is None:
             local["generator"] = self.generator.get_state()
         super().load_state_dict(local)
+
+
+def _stored_shard(path: Path, q: int, m: int):
+    """The bank part of rank file ``path`` (shard q of m), its tensors mapped from the file rather than read."""
+    state = read_rank_file(path, mmap=True)
+    if state.get("rank", q) != q or state.get("world_size", m) != m:
+        raise BankMismatchError(
+            f"{path} holds rank {state.get('rank')} of {state.get('world_size')}, expected rank {q} of {m}"
+        )
+    return state.get("bank")
+
+
+def _array_kind(value) -> tuple[tuple[int, ...], str] | None:
+    """(shape, dtype name) of a stored array (a tensor or a numpy array), None for anything else."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape), str(value.dtype).removeprefix("torch.")
+    if isinstance(value, np.ndarray):
+        return tuple(value.shape), value.dtype.name
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- runtime

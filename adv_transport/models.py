@@ -84,8 +84,12 @@ class MnistCNN(nn.Module):
         return self.net(x)
 
 
-class PreActBlock(nn.Module):
-    expansion = 1
+class _PreActPair(nn.Module):
+    """The residual branch of a pre-activation block, BN-ReLU-Conv3x3 twice (``bn1``, ``conv1``, ``bn2``,
+    ``conv2``), and a 1x1 convolution of the pre-activated input as the shortcut where the shape changes (else
+    ``None``: the identity), under the attribute name ``shortcut_name``."""
+
+    shortcut_name = "shortcut"
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
@@ -93,9 +97,14 @@ class PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut = None
+        projection = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            projection = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+        setattr(self, self.shortcut_name, projection)
+
+
+class PreActBlock(_PreActPair):
+    expansion = 1
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -132,19 +141,11 @@ def PreActResNet18(in_channels: int = 3, num_classes: int = 10, width: int = 64)
     return PreActResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
-class WideBlock(nn.Module):
+class WideBlock(_PreActPair):
     """BN-ReLU-Conv3x3-BN-ReLU-Conv3x3 plus a shortcut: the identity, or (when the width changes) a 1x1 convolution
     ``convShortcut`` of the pre-activated input. Named as robustbench's ``wide_resnet.BasicBlock`` (no dropout)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.convShortcut = None  # robustbench's key name
-        if stride != 1 or in_planes != planes:
-            self.convShortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+    shortcut_name = "convShortcut"  # robustbench's key name
 
     def forward(self, x):
         out = F.relu(self.bn1(x))

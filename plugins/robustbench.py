@@ -294,6 +294,29 @@ def _floats(t) -> str:
 NEXT_TO = {"preact": " and the class next to Wong2020FastNet", "wrn": " and the class next to Rice2020OverfittingNet"}
 
 
+def _normalized_subclass(name: str, base: str, cls: str, doc: str, init: str, mean, std, gdrive: str) -> str:
+    """Source of a zoo entry whose model subclasses robustbench's ``cls`` (imported as ``base`` from
+    ``robustbench.model_zoo.architectures``) with the data's mean and std as ``mu``/``sigma`` buffers, as
+    RobustBench's own entries for normalised models do."""
+    return (
+        "import torch\n\n"
+        f"from robustbench.model_zoo.architectures.{base}\n\n\n"
+        f"class {name}Net({cls}):\n"
+        f'    """{doc}"""\n\n'
+        "    def __init__(self):\n"
+        f"        {init}\n"
+        f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
+        f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n\n"
+        "    def forward(self, x):\n"
+        "        x = (x - self.mu) / self.sigma\n"
+        f"        return super({name}Net, self).forward(x)\n\n\n"
+        f"ENTRY = ('{name}', {{\n"
+        f"    'model': {name}Net,\n"
+        f"    'gdrive_id': '{gdrive}',\n"
+        "})\n"
+    )
+
+
 def zoo_entry(
     name: str,
     architecture: str,
@@ -317,46 +340,28 @@ def zoo_entry(
         + f";\n# upload models/{dataset}/{threat_model}/{name}.pt and put its id in 'gdrive_id'.\n"
     )
     if kind == "preact":
-        return head + (
-            "import torch\n\n"
-            "from robustbench.model_zoo.architectures.resnet import PreActBlock, PreActResNet\n\n\n"
-            f"class {name}Net(PreActResNet):\n"
-            '    """PreAct-ResNet-18 with a BN-ReLU before the pooling and the shortcut taken from the pre-activated\n'
-            f'    input; inputs in [0, 1], the {dataset} mean and std inside the model (as Wong2020FastNet)."""\n\n'
-            "    def __init__(self):\n"
-            f"        super().__init__(PreActBlock, [2, 2, 2, 2], num_classes={num_classes}, bn_before_fc=True,\n"
-            "                         out_shortcut=True)\n"
-            f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
-            f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n\n"
-            "    def forward(self, x):\n"
-            "        x = (x - self.mu) / self.sigma\n"
-            f"        return super({name}Net, self).forward(x)\n\n\n"
-            f"ENTRY = ('{name}', {{\n"
-            f"    'model': {name}Net,\n"
-            f"    'gdrive_id': '{gdrive}',\n"
-            "})\n"
+        base = "resnet import PreActBlock, PreActResNet"
+        doc = (
+            "PreAct-ResNet-18 with a BN-ReLU before the pooling and the shortcut taken from the pre-activated\n"
+            f"    input; inputs in [0, 1], the {dataset} mean and std inside the model (as Wong2020FastNet)."
         )
+        init = (
+            f"super().__init__(PreActBlock, [2, 2, 2, 2], num_classes={num_classes}, bn_before_fc=True,\n"
+            "                         out_shortcut=True)"
+        )
+        return head + _normalized_subclass(name, base, "PreActResNet", doc, init, mean, std, gdrive)
     if kind == "wrn":
         depth, width = wrn_depth_width(architecture)
-        return head + (
-            "import torch\n\n"
-            "from robustbench.model_zoo.architectures.wide_resnet import WideResNet\n\n\n"
-            f"class {name}Net(WideResNet):\n"
-            f'    """WideResNet-{depth}-{width}; inputs in [0, 1], the {dataset} mean and std inside the model '
-            '(as\n    Rice2020OverfittingNet)."""\n\n'
-            "    def __init__(self):\n"
-            f"        super().__init__(depth={depth}, num_classes={num_classes}, widen_factor={width},\n"
-            "                         sub_block1=False)\n"
-            f"        self.register_buffer('mu', torch.tensor({_floats(mean)}).view(1, 3, 1, 1))\n"
-            f"        self.register_buffer('sigma', torch.tensor({_floats(std)}).view(1, 3, 1, 1))\n\n"
-            "    def forward(self, x):\n"
-            "        x = (x - self.mu) / self.sigma\n"
-            f"        return super({name}Net, self).forward(x)\n\n\n"
-            f"ENTRY = ('{name}', {{\n"
-            f"    'model': {name}Net,\n"
-            f"    'gdrive_id': '{gdrive}',\n"
-            "})\n"
+        doc = (
+            f"WideResNet-{depth}-{width}; inputs in [0, 1], the {dataset} mean and std inside the model (as\n"
+            "    Rice2020OverfittingNet)."
         )
+        init = (
+            f"super().__init__(depth={depth}, num_classes={num_classes}, widen_factor={width},\n"
+            "                         sub_block1=False)"
+        )
+        return head + _normalized_subclass(name, "wide_resnet import WideResNet", "WideResNet", doc, init, mean, std,
+                                           gdrive)
     timm_name = architecture[len("timm:") :]
     return head + (
         "import timm\n\n"

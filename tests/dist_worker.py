@@ -2,6 +2,8 @@
 
 ``python tests/dist_worker.py '<json>'``: builds the tiny ATL run of :func:`build` on this rank, optionally dies with
 SIGKILL at a given optimizer step (``kill: [rank, step]``), optionally resumes, trains and saves what it ended with.
+``probes: [{"name", "run_dir"}]``: first resume each of those runs (without training) and save the bank it resumed
+with, or the error it was refused with, to ``<out>/<name>-rank<r>.pt``.
 """
 
 import json
@@ -13,6 +15,7 @@ import torch
 
 from adv_transport import ATL, AdversarialBank, LangevinSampler, RandomCropFlip, ThreatModel, Trainer
 from adv_transport.distributed import Runtime, ShardedBatches
+from adv_transport.errors import AdvTransportError
 
 from conftest import TinyCNN, synthetic_dataset
 
@@ -51,6 +54,18 @@ if __name__ == "__main__":
     cfg = json.loads(sys.argv[1])
     torch.set_num_threads(1)
     rt = Runtime.from_env(device="cpu", seed=0, timeout_s=60)
+    for probe in cfg.get("probes", []):
+        resumed, _ = build(rt, probe["run_dir"])
+        try:
+            assert resumed.resume()
+            seen = {
+                "epoch": resumed.epoch,
+                "storage": resumed.method.bank.storage.clone(),
+                "initialized": resumed.method.bank.initialized.clone(),
+            }
+        except AdvTransportError as e:
+            seen = {"error": f"{type(e).__name__}: {e}"}
+        torch.save(seen, os.path.join(cfg["out"], f"{probe['name']}-rank{rt.rank}.pt"))
     trainer, batches = build(rt, cfg.get("run_dir"), cfg.get("checkpoint_every", 0))
     kill = cfg.get("kill")
     if kill and rt.rank == kill[0]:

@@ -11,13 +11,16 @@ import signal
 import socket
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from dist_worker import N, build
 
-from adv_transport.distributed import Runtime, ShardedBank, ShardedBatches, shard_size
+from adv_transport.checkpoint import atomic_save, rng_states
+from adv_transport.distributed import RANK_FILE_FORMAT, Runtime, ShardedBank, ShardedBatches, rank_file, shard_size
 from adv_transport.errors import BankMismatchError
 from adv_transport.rng import ExampleRNG
 from adv_transport.threat import ThreatModel
@@ -276,3 +279,175 @@ def test_fgsm_pgi_state_is_not_sharded_and_is_refused(monkeypatch):
             Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), method, progress=False, runtime=rt)
     finally:
         rt.close()
+
+
+# ------------------------------------------------------------------------------------------------ re-sharding
+
+
+def _stored_bank(tmp: Path, world: int, memmap: bool, n: int = 600, shape=(3, 32, 32), stamp: str = "e2-s0"):
+    """A bank of ``n`` random rows stored as the rank files of ``world`` ranks at checkpoint ``stamp`` (its shards
+    memory-mapped ``.npy`` files when ``memmap``); returns the checkpoint's reference, the values and the flags."""
+    g = torch.Generator().manual_seed(world)
+    values = torch.randint(-127, 128, (n, 1) + shape, generator=g, dtype=torch.int8)
+    flags = torch.rand(n, 1, generator=g) < 0.7
+    for r in range(world):
+        path = tmp / f"bank.rank{r}-of-{world}" if memmap else None
+        bank = ShardedBank(
+            n, shape, ThreatModel("linf", 0.1), rank=r, world_size=world, dtype="int8", init="uniform", path=path
+        )
+        bank.storage.copy_(values[r::world])
+        bank.initialized.copy_(flags[r::world])
+        state = {
+            "format": RANK_FILE_FORMAT,
+            "rank": r,
+            "world_size": world,
+            "stamp": stamp,
+            "rng": rng_states(),
+            "bank": bank.shard_state(),
+        }
+        atomic_save(state, rank_file(tmp / "run", stamp, r, world))
+    return {"metadata": bank.metadata(), "shards": {"world_size": world, "stamp": stamp}}, values, flags
+
+
+def _target(tmp: Path, rank: int, world: int, n: int = 600, shape=(3, 32, 32)) -> ShardedBank:
+    bank = ShardedBank(n, shape, ThreatModel("linf", 0.1), rank=rank, world_size=world, dtype="int8", init="uniform")
+    bank.rank_dir = tmp / "run"
+    return bank
+
+
+def _mapped_from(array) -> str | None:
+    """The file an array's memory is mapped from (None: memory of this process)."""
+    if isinstance(array, np.memmap):
+        return str(array.filename)
+    ptr = array.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(v, 16) for v in fields[0].split("-"))
+        if lo <= ptr < hi:
+            return fields[5] if len(fields) > 5 and fields[5].startswith("/") else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/self/maps (Linux)")
+@pytest.mark.parametrize("memmap", [False, True], ids=["rank-files", "bank-files"])
+def test_resharding_reads_only_this_ranks_rows_one_mapped_shard_at_a_time(tmp_path, monkeypatch, memmap):
+    import adv_transport.distributed as distributed
+
+    ref, values, flags = _stored_bank(tmp_path, 2, memmap)
+    target = _target(tmp_path, 1, 3)
+    reads, take_rows = [], distributed.take_rows
+
+    def counted(array, rows):
+        reads.append((_mapped_from(array), len(array), rows.numel()))
+        return take_rows(array, rows)
+
+    monkeypatch.setattr(distributed, "take_rows", counted)
+    target.check_state_dict(ref)  # opens and checks every stored shard, reads no rows
+    assert reads == []
+    tracemalloc.start()
+    try:
+        target.load_state_dict(ref)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(target.storage, values[1::3]) and torch.equal(target.initialized, flags[1::3])
+    shard_rows, mine = shard_size(600, 0, 2), shard_size(600, 1, 3)
+    # storage and flags of each old shard, in turn, read from the file itself (mapped), only the rows rank 1 of 3 owns
+    files = (
+        [str(tmp_path / f"bank.rank{q}-of-2{ext}") for q in (0, 1) for ext in ("", ".init.npy")]
+        if memmap
+        else [str(rank_file(tmp_path / "run", "e2-s0", q, 2)) for q in (0, 1) for _ in range(2)]
+    )
+    assert [f for f, _, _ in reads] == files
+    assert all(size == shard_rows for _, size, _ in reads)
+    assert sum(n for _, _, n in reads[::2]) == mine and max(n for _, _, n in reads) == shard_rows // 3
+    if memmap:  # numpy allocations are traced: about one old shard's rows of this rank, never a whole shard
+        shard_bytes = shard_rows * values[0].numel()
+        assert peak < 0.6 * shard_bytes, (peak, shard_bytes)
+
+
+@pytest.mark.parametrize("memmap", [False, True], ids=["rank-file", "bank-file"])
+def test_a_truncated_stored_shard_is_refused_in_one_line_and_nothing_changes(tmp_path, memmap):
+    from adv_transport.checkpoint import CheckpointError
+
+    ref, _, _ = _stored_bank(tmp_path, 2, memmap)
+    broken = tmp_path / "bank.rank1-of-2" if memmap else rank_file(tmp_path / "run", "e2-s0", 1, 2)
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    target = _target(tmp_path, 0, 1)
+    if memmap:
+        error, words = BankMismatchError, "truncated or corrupt .*; expected the values of the memory-mapped bank"
+    else:
+        error, words = CheckpointError, "is truncated or corrupt, not an adv-transport rank file"
+    for call in (target.check_state_dict, target.load_state_dict):
+        with pytest.raises(error, match=words) as e:
+            call(ref)
+        assert str(broken) in str(e.value) and "\n" not in str(e.value)
+    assert not target.storage.any() and not target.initialized.any()
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
+
+
+def test_resume_refuses_a_truncated_rank_file_and_changes_nothing(two_rank_run, tmp_path, monkeypatch):
+    from adv_transport.checkpoint import CheckpointError
+
+    run, _ = two_rank_run
+    shutil.copytree(run, tmp_path / "run")
+    broken = tmp_path / "run" / "ranks" / f"e{EPOCHS}-s0" / "rank1-of-2.pt"
+    broken.write_bytes(broken.read_bytes()[:-100])
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    rt = _one_rank(monkeypatch)
+    try:
+        trainer, _ = build(rt, tmp_path / "run")
+        fresh = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        with pytest.raises(CheckpointError, match=f"{broken} is truncated or corrupt, not an adv-transport rank file"):
+            trainer.resume()
+        assert trainer.epoch == 0 and not trainer.method.bank.initialized.any()
+        assert all(torch.equal(v, fresh[k]) for k, v in trainer.model.state_dict().items())
+    finally:
+        rt.close()
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+
+
+def test_one_process_runs_resume_on_two_ranks_at_epoch_ends_only(tmp_path, monkeypatch):
+    # a run started without torchrun (whole bank in checkpoint.pt) and one by torchrun with 1 rank (rank files),
+    # each one epoch of 3 steps with a checkpoint every 2: checkpoint.pt at the epoch's end, checkpoint.prev.pt at
+    # step 2 (mid-epoch)
+    plain, batches = build(Runtime(seed=0), tmp_path / "plain", checkpoint_every=2)
+    plain.fit(batches, epochs=1)
+    rt = _one_rank(monkeypatch)
+    try:
+        single, batches = build(rt, tmp_path / "single", checkpoint_every=2)
+        single.fit(batches, epochs=1)
+    finally:
+        rt.close()
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k)
+    runs = {}
+    for name in ("plain", "single"):
+        shutil.copytree(tmp_path / name, tmp_path / f"{name}-mid")
+        mid = tmp_path / f"{name}-mid" / "checkpoint.pt"
+        shutil.copyfile(mid.with_name("checkpoint.prev.pt"), mid)
+        assert torch.load(mid, weights_only=True)["step"] == 2
+        runs[name] = {p: p.read_bytes() for p in (tmp_path / f"{name}-mid").rglob("*") if p.is_file()}
+    shutil.copytree(tmp_path / "plain", tmp_path / "probe")
+    probes = [{"name": n, "run_dir": str(tmp_path / n)} for n in ("probe", "single", "plain-mid", "single-mid")]
+    cfg = {"out": str(tmp_path), "epochs": 2, "run_dir": str(tmp_path / "plain"), "resume": True, "probes": probes}
+    finish(launch(cfg))
+    for rank in range(2):
+        for name, whole in (("probe", plain.method.bank), ("single", single.method.bank)):
+            seen = torch.load(tmp_path / f"{name}-rank{rank}.pt", weights_only=True)
+            assert seen["epoch"] == 1 and torch.equal(seen["storage"], whole.storage[rank::2])
+            assert torch.equal(seen["initialized"], whole.initialized[rank::2])
+        refused = torch.load(tmp_path / f"plain-mid-rank{rank}.pt", weights_only=True)["error"]
+        assert "(e0-s2) was written mid-epoch by a single process without torchrun; this run has 2 ranks" in refused
+        refused = torch.load(tmp_path / f"single-mid-rank{rank}.pt", weights_only=True)["error"]
+        assert refused.startswith(
+            "BankMismatchError: the checkpoint was written mid-epoch (e0-s2) by 1 ranks; this run has 2"
+        )
+        done = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)  # trained on: epoch 2 on two ranks
+        assert done["counts"]["examples"] == N * 2 and done["rows"] == N // 2
+    for name, files in runs.items():  # refused: nothing changed
+        assert {p: p.read_bytes() for p in (tmp_path / f"{name}-mid").rglob("*") if p.is_file()} == files
+    assert len((tmp_path / "plain" / "log.jsonl").read_text().splitlines()) == 2
+    ranks = sorted(p.name for p in (tmp_path / "plain" / "ranks" / "e2-s0").iterdir())
+    assert ranks == ["rank0-of-2.pt", "rank1-of-2.pt"]

@@ -204,6 +204,42 @@ def test_sync_batchnorm_and_float16_on_the_gpu():
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+@cuda
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_in_memory_batches_reach_the_gpu_from_pinned_memory_without_blocking(dtype):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from adv_transport.data import IndexedDataset
+
+    data = synthetic_dataset(48)
+    if dtype == "uint8":
+        data = IndexedDataset((data.images * 255).round().to(torch.uint8), data.labels)
+    copies = []
+
+    class HostToDevice(TorchDispatchMode):  # (source pinned, non_blocking) of every copy from the host to the GPU
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and torch.device(kwargs.get("device") or "cpu").type == "cuda":
+                copies.append((args[0].is_pinned(), bool(kwargs.get("non_blocking", False))))
+            elif func is torch.ops.aten.copy_.default and args[0].is_cuda and not args[1].is_cuda:
+                copies.append((args[1].is_pinned(), bool(args[2] if len(args) > 2 else kwargs.get("non_blocking"))))
+            return func(*args, **kwargs)
+
+    on_gpu = IndexedBatches(data, 16, seed=1, device="cuda")
+    next(iter(on_gpu.iterate(0)))  # warm-up: CUDA context, pinned memory pool
+    torch.cuda.synchronize()
+    copies.clear()
+    torch.cuda.set_sync_debug_mode("error")  # a blocking copy from pageable memory synchronises: an error here
+    try:
+        with HostToDevice():
+            got = list(on_gpu.iterate(0))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(copies) == 2 * len(got) == 6 and all(pinned and non_blocking for pinned, non_blocking in copies)
+    for (x, y, i), (x0, y0, i0) in zip(got, IndexedBatches(data, 16, seed=1).iterate(0)):  # the CPU path's values
+        assert x.is_cuda and torch.equal(x.cpu(), x0) and torch.equal(y.cpu(), y0) and torch.equal(i, i0)
+
+
 # ------------------------------------------------------------------------------------------------ the benchmark
 
 
