@@ -57,12 +57,17 @@ def build_method(
 
 
 def build_optimizer(r: Recipe, params, steps_per_epoch: int):
-    """Optimizer and per-batch LR scheduler of recipe ``r``."""
+    """Optimizer and per-batch LR scheduler of recipe ``r``. On a GPU the optimizer is torch's fused one: it steps
+    without a host synchronisation, also under ``--amp fp16``, whose ``GradScaler`` otherwise reads on the host
+    whether the gradients were finite; elsewhere torch's default implementation."""
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = {"fused": True} if tensors and all(p.is_cuda for p in tensors) else {}
     if r.optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+        opt = torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay, **fused)
     elif r.optimizer == "sgd":
         opt = torch.optim.SGD(
-            params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.momentum > 0
+            params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.momentum > 0, **fused
         )
     else:
         raise ConfigError(f"unknown optimizer {r.optimizer!r}; accepted: {', '.join(OPTIMIZERS)}")

@@ -163,14 +163,32 @@ def test_gpu_bank_matches_the_cpu_bank(home):
     assert torch.equal(gpu.storage.cpu(), cpu.storage) and torch.equal(gpu.initialized.cpu(), cpu.initialized)
 
 
+def test_the_optimizer_is_fused_on_a_gpu_only():
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_optimizer
+
+    for method in ("sgd", "adam"):
+        opt, _ = build_optimizer(recipe("atl", "cifar10").replace(optimizer=method), TinyCNN().parameters(), 10)
+        assert not opt.defaults.get("fused"), "fused optimizers are for GPUs; the CPU keeps torch's default"
+        if torch.cuda.is_available():
+            opt, _ = build_optimizer(recipe("atl", "cifar10").replace(optimizer=method), TinyCNN().cuda().parameters(),
+                                     10)
+            assert opt.defaults["fused"] and opt._step_supports_amp_scaling
+
+
 @cuda
-def test_atl_step_does_not_synchronise_with_the_host():
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_atl_step_does_not_synchronise_with_the_host(amp):
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_optimizer
+
     data = synthetic_dataset(96, shape=(3, 8, 8))
-    rt = Runtime(device="cuda", keyed=True, sync_every=1000, bank_device="cuda", amp="bf16", channels_last=True)
+    rt = Runtime(device="cuda", keyed=True, sync_every=1000, bank_device="cuda", amp=amp, channels_last=True)
     model = rt.prepare_model(TinyCNN(channels=3))
     bank = rt.bank(len(data), data.shape, THREAT, dtype="int8", init="uniform")
     method = ATL(bank, LangevinSampler(THREAT, eta=0.02, noise_scale=0.2, steps=1))
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), method, progress=False, runtime=rt)
+    opt, _ = build_optimizer(recipe("atl", "cifar10").replace(lr=0.05, lr_schedule="constant"), model.parameters(), 6)
+    trainer = Trainer(model, opt, method, progress=False, runtime=rt)  # fp16: GradScaler with a fused optimizer
     batches = rt.batches(data, 16)
     trainer.fit(batches, epochs=1)  # warm-up: allocations, kernels
     pinned = [(x.pin_memory(), y.pin_memory(), i) for x, y, i in IndexedBatches(data, 16, seed=2)]
