@@ -8,6 +8,7 @@ import math
 import sys
 import time
 import typing
+import warnings
 from pathlib import Path
 
 import torch
@@ -396,21 +397,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str):
+    """``warnings.showwarning`` for the command line: one line per warning, ``adv-transport <command>: <Category>:
+    <message>``, without the file, line number and source line Python prints by default."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"adv-transport {command}: {category.__name__}: {message}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.command == "train":
-            run_train(args)
-        elif args.command == "eval":
-            run_eval(args)
-        elif args.command == "submit":
-            run_submit(args)
-        else:
-            run_demo(args)
-    except AdvTransportError as e:
-        print(f"adv-transport {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores Python's own warning display when the command returns
+        warnings.showwarning = _one_line_warnings(args.command)
+        try:
+            if args.command == "train":
+                run_train(args)
+            elif args.command == "eval":
+                run_eval(args)
+            elif args.command == "submit":
+                run_submit(args)
+            else:
+                run_demo(args)
+        except AdvTransportError as e:
+            print(f"adv-transport {args.command}: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

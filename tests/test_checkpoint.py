@@ -155,6 +155,15 @@ def test_corrupt_latest_checkpoint_resumes_from_its_predecessor(mnist_dir, tmp_p
     err = capsys.readouterr().err
     assert "resuming from the previous checkpoint checkpoint.prev.pt (epoch 1" in err and "Traceback" not in err
     assert (out / "checkpoint.corrupt.pt").read_bytes() == data[:1000]
+    # eval falls back too, saying so in one line (not Python's warning format with a file, line and source line)
+    good = (out / "checkpoint.pt").read_bytes()
+    (out / "checkpoint.pt").write_bytes(data[:1000])
+    assert main(["eval", "--checkpoint", str(out), "--attacks", "clean", "--n-examples", "20", "--data-dir",
+                 str(mnist_dir), "--no-progress"]) == 0
+    fallback = [line for line in capsys.readouterr().err.splitlines() if "CheckpointFallbackWarning" in line]
+    assert len(fallback) == 1 and fallback[0].startswith("adv-transport eval: CheckpointFallbackWarning: ")
+    assert "loaded the previous checkpoint" in fallback[0]
+    (out / "checkpoint.pt").write_bytes(good)
     final, expected = load_checkpoint(out), load_checkpoint(ref)
     assert final["epoch"] == 2
     for k, v in expected["model"].items():
