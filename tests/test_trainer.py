@@ -54,24 +54,29 @@ class Killed(Exception):
     pass
 
 
+def fit_until_killed(trainer, batches, epochs: int, at_step: int = 8) -> None:
+    """``trainer.fit`` killed at its ``at_step``-th optimizer step (that step never happens)."""
+    calls = {"n": 0}
+    original = trainer.optimizer.step
+
+    def dying_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise Killed()
+        return original(*a, **k)
+
+    trainer.optimizer.step = dying_step
+    with pytest.raises(Killed):
+        trainer.fit(batches, epochs=epochs)
+
+
 def test_resume_after_kill_is_bit_identical(tmp_path):
     full, batches = make_trainer(tmp_path / "full")
     full.fit(batches, epochs=3)
 
     # the same run, killed in the middle of epoch 2 (5 steps per epoch: the 8th optimizer step dies)
     part, batches = make_trainer(tmp_path / "part", checkpoint_every=1)
-    calls = {"n": 0}
-    original = part.optimizer.step
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise Killed()
-        return original(*a, **k)
-
-    part.optimizer.step = dying_step
-    with pytest.raises(Killed):
-        part.fit(batches, epochs=3)
+    fit_until_killed(part, batches, 3)
 
     resumed, batches = make_trainer(tmp_path / "part")
     torch.manual_seed(1234)  # the global RNG state must come from the checkpoint, not from here
@@ -232,18 +237,7 @@ def test_resume_with_a_shuffling_dataloader_is_bit_identical(tmp_path):
 
     torch.manual_seed(5)
     part, loader = _loader_trainer(tmp_path / "part", checkpoint_every=1)
-    calls = {"n": 0}
-    original = part.optimizer.step
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise Killed()
-        return original(*a, **k)
-
-    part.optimizer.step = dying_step
-    with pytest.raises(Killed):
-        part.fit(loader, epochs=2)
+    fit_until_killed(part, loader, 2)
 
     resumed, loader = _loader_trainer(tmp_path / "part")
     torch.manual_seed(1234)  # every random state must come from the checkpoint
