@@ -184,7 +184,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # N-FGSM's default noise of 2 eps (0.6 at MNIST eps = 0.3) did not train, nor did 0.5 eps; 1 eps did (README,
     # "Recipes").
     ("n-fgsm", "mnist"): Recipe("n-fgsm", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3, noise_mult=1.0),
-    # the bank-based prior art, with their papers' inner-step settings and the same warm-up as the other baselines
+    # the bank-based prior art with the same warm-up as the other baselines; neither paper has an MNIST setting at
+    # this step (FGSM-PGI: none; ATTA's code steps 0.01 over 60 epochs): steps scaled from their CIFAR-10 ones
     ("fgsm-pgi", "mnist"): Recipe("fgsm-pgi", **_MNIST, epochs=10, step_size=0.3, eps_ramp=3),
     ("atta", "mnist"): Recipe("atta", **_MNIST, epochs=10, step_size=0.15, eps_ramp=3, reset_every=10),
     ("clean", "mnist"): Recipe("clean", **_MNIST, epochs=5),
@@ -205,8 +206,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("pgd", "cifar10"): Recipe("pgd", **_CIFAR, epochs=30, steps=10, step_size=2 / 255, eps_ramp=5),
     ("fgsm-rs", "cifar10"): Recipe("fgsm-rs", **_CIFAR, epochs=30, step_size=10 / 255, eps_ramp=5),
     ("n-fgsm", "cifar10"): Recipe("n-fgsm", **_CIFAR, epochs=30, step_size=8 / 255, eps_ramp=5),
-    # FGSM-PGI: step eps, lam 10, momentum decay 0.3, reset every 40 epochs (Jia et al. 2022); ATTA: step 0.015 at
-    # eps 0.031 (here eps/2), reset every 10 epochs (Zheng et al. 2020)
+    # FGSM-PGI: step eps, lam 10, momentum decay 0.3, reset every 40 epochs (inert within 30), as Jia et al. 2022's
+    # code but for its label smoothing (0.6 on the true class), which these recipes leave out; ATTA: step 0.015 at
+    # eps 0.031 (here eps/2), reset every 10 epochs, as Zheng et al. 2020's code but for its attack in eval mode
+    # (these recipes keep every method's inner step in train mode). Both papers train without an eps warm-up.
     ("fgsm-pgi", "cifar10"): Recipe("fgsm-pgi", **_CIFAR, epochs=30, step_size=8 / 255, eps_ramp=5),
     ("atta", "cifar10"): Recipe("atta", **_CIFAR, epochs=30, step_size=8 / 255 / 2, eps_ramp=5, reset_every=10),
     ("clean", "cifar10"): Recipe("clean", **_CIFAR, epochs=30),
