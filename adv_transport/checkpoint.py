@@ -304,6 +304,18 @@ def model_from_state(state: dict[str, Any], where: str | os.PathLike = "the chec
     return model.eval()
 
 
+def _current_recipe(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored recipe with today's field names and every field (an ATL recipe written before ``eta`` existed has
+    its step under ``step_size``); one that is not a whole recipe is returned as it is."""
+    from .errors import ConfigError
+    from .recipes import Recipe
+
+    try:
+        return Recipe.from_dict(stored).to_dict()
+    except ConfigError:
+        return stored
+
+
 def load_run(path: str | os.PathLike, device: str | torch.device | None = None) -> Run:
     """The trained model of a run directory or checkpoint file, with its recipe, history and last evaluation.
 
@@ -323,7 +335,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = None) 
     config = dict(state.get("config") or {})
     return Run(
         model=model,
-        recipe=dict(config.get("recipe") or {}),
+        recipe=_current_recipe(dict(config.get("recipe") or {})),
         config=config,
         history=list(state.get("history") or []),
         evaluation=evaluation,

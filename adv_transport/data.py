@@ -484,9 +484,10 @@ class IndexedBatches:
         """``dataset.get(idx)`` in pinned memory: an :class:`IndexedDataset`'s rows are gathered and converted
         straight into a pinned buffer (the same values as ``get``), any other dataset's batch is copied there."""
         ds = self.dataset
-        if type(ds).get is not IndexedDataset.get or not isinstance(ds.images, torch.Tensor):
-            x, y, idx = ds.get(idx)
-            return x.pin_memory(), y.pin_memory(), idx
+        on_host = isinstance(getattr(ds, "images", None), torch.Tensor) and not ds.images.is_cuda
+        if type(ds).get is not IndexedDataset.get or not on_host or ds.labels.is_cuda:
+            x, y, idx = ds.get(idx)  # a dataset already on the GPU needs no pinned copy
+            return (x if x.is_cuda else x.pin_memory()), (y if y.is_cuda else y.pin_memory()), idx
         rows = ds.images[idx]
         x = torch.empty(rows.shape, dtype=torch.float32, pin_memory=True).copy_(rows)
         if rows.dtype == torch.uint8:

@@ -116,6 +116,10 @@ class Recipe:
         bad = sorted(set(d) - known)
         if bad:
             raise ConfigError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING and f.name not in d]
+        if required:
+            raise ConfigError(f"the stored recipe lacks the field(s) {required}")
         return cls(**d)
 
     def tricks(self) -> list[str]:
@@ -147,7 +151,14 @@ class Recipe:
         bad = sorted(set(changes) - known)
         if bad:
             raise ConfigError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        langevin = changes.get("method", self.method) in LANGEVIN_METHODS
+        if langevin != (self.method in LANGEVIN_METHODS):
+            # another kind of inner step: the step moves to the field that method reads (eta <-> step_size)
+            step, field_, other = (self.step_size, "eta", "step_size") if langevin else (self.eta, "step_size", "eta")
+            changes.setdefault(field_, step)
+            changes.setdefault(other, None)
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

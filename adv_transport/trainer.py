@@ -60,6 +60,22 @@ def _loader_generators(batches) -> list[torch.Generator]:
     return found
 
 
+
+# the optimizer's implementation choices: how it steps, not what it has learnt
+_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _keep_implementation(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """``saved`` (an optimizer state dict) with the current ``optimizer``'s implementation choices (fused, foreach,
+    ...) in its param groups: a checkpoint written on another device, or before the optimizer was fused on GPUs,
+    resumes with the implementation this run built (torch's ``load_state_dict`` would take the saved one, and a
+    fused optimizer that is no longer fused breaks ``GradScaler``)."""
+    groups = [
+        {**g, **{k: cur[k] for k in _IMPLEMENTATION if k in cur}}
+        for g, cur in zip(saved["param_groups"], optimizer.param_groups)
+    ]
+    return {**saved, "param_groups": groups + saved["param_groups"][len(groups):]}
+
 class Trainer:
     """Adversarial training with any inner step, optimizer and LR scheduler.
 
@@ -267,7 +283,7 @@ class Trainer:
         }
         try:
             self.model.load_state_dict(parts["model"])
-            self.optimizer.load_state_dict(parts["optimizer"])
+            self.optimizer.load_state_dict(_keep_implementation(parts["optimizer"], self.optimizer))
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.ema is not None and state.get("ema") is not None:

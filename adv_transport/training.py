@@ -60,7 +60,8 @@ def build_optimizer(r: Recipe, params, steps_per_epoch: int):
     """Optimizer and per-batch LR scheduler of recipe ``r``. On a GPU the optimizer is torch's fused one: it steps
     without a host synchronisation, also under ``--amp fp16``, whose ``GradScaler`` otherwise reads on the host
     whether the gradients were finite; elsewhere torch's default implementation."""
-    params = list(params)
+    # parameters or param groups, each group's parameters as a list (a generator would be used up by the check)
+    params = [{**g, "params": list(g["params"])} if isinstance(g, dict) else g for g in params]
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = {"fused": True} if tensors and all(p.is_cuda for p in tensors) else {}
     if r.optimizer == "adam":

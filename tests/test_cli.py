@@ -117,11 +117,22 @@ def test_the_langevin_step_is_eta_and_the_attack_step_is_step_size():
     assert (r.eta, r.step_size) == (None, 0.02)
     with pytest.raises(ConfigError, match="eta \\(--eta\\) is the Langevin step of atl, free-atl; pgd takes step_size"):
         recipe("pgd", "mnist").replace(eta=0.1)
+    # another kind of inner step takes the step along into the field it reads
+    as_pgd = recipe("atl", "mnist").replace(method="pgd")
+    assert (as_pgd.step_size, as_pgd.eta) == (0.1, None)
+    assert recipe("atta", "cifar10").replace(method="atl").eta == recipe("atta", "cifar10").step_size
+    assert recipe("atl", "mnist").replace(method="pgd", step_size=0.02).step_size == 0.02
     # a recipe stored before eta existed (ATL's eta under step_size) reads back with its eta
     old = {**recipe("atl", "mnist").to_dict(), "step_size": 0.05}
     del old["eta"]
     assert (Recipe.from_dict(old).eta, Recipe.from_dict(old).step_size) == (0.05, None)
     assert Recipe.from_dict(recipe("pgd", "mnist").to_dict()) == recipe("pgd", "mnist")
+    from adv_transport.checkpoint import _current_recipe  # what load_run reports as the run's recipe
+
+    assert (_current_recipe(old)["eta"], _current_recipe(old)["step_size"]) == (0.05, None)
+    assert _current_recipe({"model": "x"}) == {"model": "x"}  # not a whole recipe: as stored
+    with pytest.raises(ConfigError, match="lacks the field"):
+        Recipe.from_dict({"method": "atl", "dataset": "mnist"})
 
 
 def test_train_flags_are_derived_from_the_recipe_fields():

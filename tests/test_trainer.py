@@ -281,3 +281,27 @@ def test_non_finite_parameters_are_not_checkpointed_and_say_so(tmp_path):
         trainer.save_checkpoint()
     assert isinstance(info.value, NonFiniteError) and not isinstance(info.value, NonFiniteLossError)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_resume_keeps_the_optimizer_implementation_this_run_built():
+    """A checkpoint of a non-fused optimizer resumed into a fused one (a GPU run resuming a CPU or older checkpoint)
+    stays fused, so GradScaler can hand it its scale; and the other way round."""
+    from adv_transport.trainer import _keep_implementation
+
+    torch.manual_seed(0)
+    model, x = TinyCNN(), torch.rand(4, 1, 8, 8)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(x).sum().backward()
+    plain.step()
+    fused = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    fused.load_state_dict(_keep_implementation(plain.state_dict(), fused))
+    assert fused.param_groups[0]["fused"] is True
+    buffer = plain.state_dict()["state"][0]["momentum_buffer"]
+    assert torch.equal(fused.state_dict()["state"][0]["momentum_buffer"], buffer)
+    scaler = torch.amp.GradScaler("cpu")
+    fused.zero_grad()
+    scaler.scale(model(x).sum()).backward()
+    scaler.step(fused)  # torch's own load_state_dict left fused=None here: AssertionError (grad_scale given)
+    again = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    again.load_state_dict(_keep_implementation(fused.state_dict(), again))
+    assert not again.param_groups[0]["fused"]
