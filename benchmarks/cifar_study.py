@@ -203,6 +203,7 @@ def aggregate(runs: list[dict]) -> dict:
             "stopped_early_at": r["stopped_early_at"],
             # records recovered without their per-epoch history carry the ratio itself
             "final_over_best_pgd": final_over_best(r["history"]) if r["history"] else r.get("final_over_best_pgd"),
+            "commit": r["commit"],
         }
     for e in out["eps"].values():
         for m in e.values():
@@ -291,7 +292,9 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
         "for every method (FGSM-RS also stops early when validation PGD-20 drops 20 points below its best). "
         f"Final numbers on the first {meta['aa_n']} class-balanced test images: PGD-20 (step eps/4) and AutoAttack "
         "'standard' (pyautoattack), mean ± std over seeds. Seconds are training wall-clock (evaluation excluded) "
-        "measured while other work shared the 2 cores: compare methods by gradient evaluations.",
+        "measured while other work shared the 2 cores (never an idle machine; one thread per run): compare methods "
+        "by gradient evaluations. The commits column names the commit each row's runs started on; the changes between "
+        "them leave CPU training bit-identical (names, GPU-only paths, reports).",
     ]
     recovered = [r for r in runs if r.get("recovered")]
     if recovered:
@@ -308,14 +311,15 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
                       "scaled by 1/sqrt(d)); PGD-20 and AutoAttack 'standard' in l2.", ""]
         lines += [
                   "| method | seeds | tricks | clean % | PGD-20 % | AutoAttack % | Square drop | train s | grad evals |"
-                  " grad evals vs clean | epoch s vs clean (shared CPU) |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  " grad evals vs clean | epoch s vs clean (shared CPU) | commits |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for label, m in methods.items():
             lines.append(
                 f"| {label} | {m['n_seeds']} | {', '.join(m['tricks']) or 'none'} | {pm(m, 'clean_acc')} | "
                 f"{pm(m, 'pgd20_acc')} | **{pm(m, 'autoattack_acc')}** | {f(m['square_drop_mean'], 2)} | "
                 f"{f(m['train_seconds_mean'], 0)} | {m['grad_evals_mean'] / 1e6:.2f} M | "
-                f"{ratio(m.get('grad_evals_vs_clean'))} | {ratio(m['epoch_cost_vs_clean'])} |")
+                f"{ratio(m.get('grad_evals_vs_clean'))} | {ratio(m['epoch_cost_vs_clean'])} | "
+                f"{', '.join(sorted({v.get('commit', '?') for v in m['seeds'].values()}))} |")
     sweep = [r for r in runs if r["mode"] == "sweep"]
     if sweep:
         lines += ["", "### ATL sweep (eps 8/255, seed 0; judged on the validation split, test set untouched)", "",
