@@ -33,6 +33,14 @@ def _setting(default, help: str, choices=None, cli: bool = True):
     return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
 
 
+def _check_fields(names) -> None:
+    """A :class:`ConfigError` naming the ``names`` that are no :class:`Recipe` field."""
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    bad = sorted(set(names) - known)
+    if bad:
+        raise ConfigError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
+
+
 @dataclass
 class Recipe:
     """Everything that decides a training run besides the model and the data.
@@ -112,10 +120,7 @@ class Recipe:
         d = dict(d)
         if d.get("method") in LANGEVIN_METHODS and d.get("step_size") is not None and d.get("eta") is None:
             d["eta"], d["step_size"] = d["step_size"], None
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ConfigError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
+        _check_fields(d)
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
                     and f.default_factory is dataclasses.MISSING and f.name not in d]
         if required:
@@ -147,10 +152,7 @@ class Recipe:
 
     def replace(self, **changes) -> Recipe:
         """A copy with the given fields changed (``None`` values are ignored)."""
-        known = {f.name for f in dataclasses.fields(self)}
-        bad = sorted(set(changes) - known)
-        if bad:
-            raise ConfigError(f"unknown recipe field(s) {bad}; known: {sorted(known)}")
+        _check_fields(changes)
         changes = {k: v for k, v in changes.items() if v is not None}
         langevin = changes.get("method", self.method) in LANGEVIN_METHODS
         if langevin != (self.method in LANGEVIN_METHODS):

@@ -131,6 +131,9 @@ def test_the_langevin_step_is_eta_and_the_attack_step_is_step_size():
 
     assert (_current_recipe(old)["eta"], _current_recipe(old)["step_size"]) == (0.05, None)
     assert _current_recipe({"model": "x"}) == {"model": "x"}  # not a whole recipe: as stored
+    for bad in (lambda: recipe("atl", "mnist").replace(etaa=0.1), lambda: Recipe.from_dict({**old, "etaa": 0.1})):
+        with pytest.raises(ConfigError, match=r"unknown recipe field\(s\) \['etaa'\]"):
+            bad()
     with pytest.raises(ConfigError, match="lacks the field"):
         Recipe.from_dict({"method": "atl", "dataset": "mnist"})
 
