@@ -32,6 +32,9 @@ from adv_transport.eval import evaluate, pgd_defaults
 from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar_study import square_drop  # noqa: E402 - one source for the Square-drop reading
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # method label -> (recipe method, recipe changes)
@@ -45,6 +48,8 @@ MNIST_METHODS = {
     "FGSM-PGI": ("fgsm-pgi", {}),
     "ATTA": ("atta", {}),
     "Free ATL": ("free-atl", {}),
+    # Free-AT's replay: each minibatch 4 times in a row, epochs / 4 (the same gradient count as "Free ATL")
+    "Free ATL (replay 4)": ("free-atl", {"replay": 4, "epochs": 5}),
 }
 CIFAR_METHODS = {
     "clean": ("clean", {}),
@@ -107,6 +112,8 @@ def final_eval(model, test, threat, args, device):
 
 
 def first_time_reaching(history, level, key):
+    if level is None:  # no reference run (a run of other seeds without it)
+        return None
     for r in history:
         if r["pgd_acc"] >= level:
             return r[key]
@@ -114,8 +121,8 @@ def first_time_reaching(history, level, key):
 
 
 def summarise(results, dataset):
-    ref = results[REFERENCE[dataset]]
-    target = ref["history"][-1]["pgd_acc"]
+    ref = results.get(REFERENCE[dataset])
+    target = None if ref is None else ref["history"][-1]["pgd_acc"]
     clean_epoch = None
     if "clean" in results:
         h = results["clean"]["history"]
@@ -140,9 +147,81 @@ def summarise(results, dataset):
                 "epoch_cost_vs_clean": None if clean_epoch is None else epoch_cost / clean_epoch,
                 "bank_bytes": res.get("bank_bytes"),
                 "bank_bytes_int8": res.get("bank_bytes_int8"),
+                "square_drop": square_drop(res["final"]),
             }
         )
     return {"target_pgd_acc": target, "reference": REFERENCE[dataset], "rows": rows}
+
+
+def seed_runs(out: Path) -> dict[int, dict]:
+    """seed -> results.json of every finished run of this comparison: ``<out>/results.json`` and the other seeds'
+    ``<out>/seed<k>/results.json`` (see ``--seed``)."""
+    runs = {}
+    for path in [out / "results.json", *sorted(out.glob("seed*/results.json"))]:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if not data.get("partial") and "meta" in data:
+                runs[data["meta"]["seed"]] = data
+    return dict(sorted(runs.items()))
+
+
+def across_seeds(runs: dict[int, dict]) -> dict[str, dict]:
+    """label -> per-seed and mean/std clean, PGD and AutoAttack accuracy, Square drop and epoch cost vs clean."""
+    import statistics
+
+    table: dict[str, dict] = {}
+    for seed, data in runs.items():
+        for row in data["summary"]["rows"]:
+            table.setdefault(row["label"], {"seeds": {}})["seeds"][seed] = row
+    for m in table.values():
+        for key in ("clean_acc", "pgd_acc", "autoattack_acc", "square_drop", "epoch_cost_vs_clean", "train_seconds"):
+            xs = [r[key] for r in m["seeds"].values() if r.get(key) is not None]
+            m[key + "_mean"] = statistics.fmean(xs) if xs else None
+            m[key + "_std"] = statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+    return table
+
+
+def seeds_of(table: dict[str, dict]) -> set:
+    return {seed for m in table.values() for seed in m["seeds"]}
+
+
+def seed_targets(table: dict[str, dict]) -> list[str]:
+    """The free-ATL targets, on means over seeds: epoch cost <= 1.2x a clean epoch, AutoAttack within 2 points of
+    ATL T=1's."""
+    atl = table.get("ATL T=1")
+    lines = []
+    for label, m in table.items():
+        if not label.startswith("Free ATL"):
+            continue
+        n = len(m["seeds"])
+        cost = m["epoch_cost_vs_clean_mean"]
+        if cost is not None:
+            lines.append(f"- **{'Met' if cost <= 1.2 else 'Not met'}**: {label} epoch cost {cost:.2f}x a clean "
+                         f"epoch (mean of {n} seeds; target <= 1.2x).")
+        if atl and atl["autoattack_acc_mean"] is not None and m["autoattack_acc_mean"] is not None:
+            gap = atl["autoattack_acc_mean"] - m["autoattack_acc_mean"]
+            lines.append(f"- **{'Met' if gap <= 2 else 'Not met'}**: {label} AutoAttack {m['autoattack_acc_mean']:.2f}"
+                         f" % (mean of {n} seeds) vs ATL T=1 {atl['autoattack_acc_mean']:.2f} % (mean of "
+                         f"{len(atl['seeds'])}; target: within 2 points, gap {gap:+.2f}).")
+    return lines
+
+
+def seeds_markdown(table: dict[str, dict]) -> list[str]:
+    f = lambda m, k, d=2: "n/a" if m[k + "_mean"] is None else f"{m[k + '_mean']:.{d}f} ± {m[k + '_std']:.{d}f}"  # noqa: E731
+    lines = [
+        "",
+        "Across seeds (each seed one side-by-side run of the methods it names, same settings; mean ± std):",
+        "",
+        "| method | seeds | clean % | PGD % | AutoAttack % | AutoAttack per seed | Square drop | epoch cost vs clean |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for label, m in table.items():
+        per_seed = ", ".join("n/a" if r["autoattack_acc"] is None else f"{r['autoattack_acc']:.1f}"
+                             for r in m["seeds"].values())
+        lines.append(f"| {label} | {', '.join(map(str, m['seeds']))} | {f(m, 'clean_acc')} | {f(m, 'pgd_acc')} | "
+                     f"**{f(m, 'autoattack_acc')}** | {per_seed} | {f(m, 'square_drop')} | "
+                     f"{f(m, 'epoch_cost_vs_clean')}x |")
+    return lines
 
 
 def targets(summary, dataset):
@@ -179,6 +258,23 @@ def targets(summary, dataset):
                 f"- **{verdict}**: ATL T=1 AutoAttack {atl['autoattack_acc']:.2f} % vs Wong et al.'s "
                 "FGSM-RS anchor 82.93 % (target: above)."
             )
+            ok = atl["autoattack_acc"] >= max(89.0, ref["autoattack_acc"])
+            lines.append(
+                f"- **{'Met' if ok else 'Not met'}**: ATL T=1 AutoAttack {atl['autoattack_acc']:.2f} % (target: >= "
+                f"89.0 % and >= {summary['reference']}'s {ref['autoattack_acc']:.2f} % in this run)."
+            )
+        if atl["square_drop"] is not None:
+            lines.append(
+                f"- **{'Met' if atl['square_drop'] <= 1.5 else 'Not met'}**: Square removes {atl['square_drop']:.2f} "
+                f"points of ATL T=1's accuracy after the white-box attacks (target <= 1.5; {summary['reference']}: "
+                f"{f_or_na(ref['square_drop'])})."
+            )
+    if dataset == "mnist":
+        ratio, gratio = atl["train_seconds"] / t_ref, atl["grad_evals"] / ref["grad_evals"]
+        lines.append(
+            f"- **{'Met' if ratio <= 1 / 8 else 'Not met'}**: ATL T=1 trained in {ratio:.3f}x {summary['reference']}'s"
+            f" training time (target <= 1/8 = 0.125; {gratio:.3f}x its gradient evaluations)."
+        )
     if atl["epoch_cost_vs_clean"] is not None:
         verdict = "Met" if atl["epoch_cost_vs_clean"] <= 2.1 else "Not met"
         lines.append(
@@ -187,7 +283,11 @@ def targets(summary, dataset):
     return lines
 
 
-def markdown(summary, meta, dataset):
+def f_or_na(v, fmt=".2f"):
+    return "n/a" if v is None else format(v, fmt)
+
+
+def markdown(summary, meta, dataset, seeds=None):
     f = lambda v, fmt: "n/a" if v is None else format(v, fmt)  # noqa: E731
     lines = [
         f"<!-- atl-vs-pgd:{dataset} -->",
@@ -204,8 +304,8 @@ def markdown(summary, meta, dataset):
     lines += [
         "",
         "| method | epochs | clean % | PGD % | AutoAttack % | train s | grad evals | s to reach ref. PGD | "
-        "grad evals to reach | epoch cost vs clean | bank memory |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "grad evals to reach | epoch cost vs clean | Square drop | bank memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in summary["rows"]:
         to_target = "n/a" if r["grad_evals_to_target"] is None else f"{r['grad_evals_to_target'] / 1e6:.2f} M"
@@ -219,7 +319,7 @@ def markdown(summary, meta, dataset):
             f"{f(r['autoattack_acc'], '.2f')} | {r['train_seconds']:.0f} | {r['grad_evals'] / 1e6:.2f} M | "
             f"{f(r['seconds_to_target'], '.0f')} | "
             f"{to_target} | "
-            f"{f(r['epoch_cost_vs_clean'], '.2f')}x | {bank} |"
+            f"{f(r['epoch_cost_vs_clean'], '.2f')}x | {f(r.get('square_drop'), '.2f')} | {bank} |"
         )
     lines += [
         "",
@@ -228,9 +328,13 @@ def markdown(summary, meta, dataset):
         "per input- or parameter-gradient pass. Plot: "
         f"`{meta['png']}`.",
         "",
+        "Square drop = points Square removed after AutoAttack's white-box attacks (a gradient-masking symptom).",
+        *(seeds_markdown(seeds) if seeds and len(seeds_of(seeds)) > 1 else []),
+        "",
         "Targets:",
         "",
         *targets(summary, dataset),
+        *(seed_targets(seeds) if seeds else []),
         f"<!-- /atl-vs-pgd:{dataset} -->",
     ]
     return "\n".join(lines) + "\n"
@@ -287,7 +391,10 @@ def main(argv=None):
     p.add_argument("--cifar-epochs", type=int, default=15)
     p.add_argument("--cifar-lr", type=float, default=0.05)
     p.add_argument("--no-autoattack", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="0: the side-by-side comparison, <out>/results.json; k > 0: a further seed of any subset of "
+                   "the methods, <out>/seed<k>/results.json, reported as mean +- std beside it")
+    p.add_argument("--report", action="store_true", help="rebuild the plot and tables from the saved runs only")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="results folder (default benchmarks/results/<dataset>[-quick])")
     p.add_argument("--benchmarks-md", help="BENCHMARKS.md to update (default: the repository's, not in --quick)")
@@ -317,6 +424,8 @@ def main(argv=None):
         args.train_subset = 10000
     out = Path(args.out or ROOT / "benchmarks" / "results" / (args.dataset + ("-quick" if args.quick else "")))
     out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        return publish(out, args)
     device = torch.device(args.device)
     train = at.load_dataset(args.dataset, "train", args.data_dir).subset(args.train_subset)
     test = at.load_dataset(args.dataset, "test", args.data_dir)
@@ -331,8 +440,11 @@ def main(argv=None):
         if unknown:
             p.error(f"unknown methods {unknown}; known: {list(methods)}")
         methods = {k: v for k, v in methods.items() if k in keep}
-    if REFERENCE[args.dataset] not in methods or "ATL T=1" not in methods:
-        p.error(f"the comparison needs '{REFERENCE[args.dataset]}' and 'ATL T=1'")
+    if args.seed == 0 and (REFERENCE[args.dataset] not in methods or "ATL T=1" not in methods):
+        p.error(f"the comparison (seed 0) needs '{REFERENCE[args.dataset]}' and 'ATL T=1'; other seeds may run any "
+                "subset, recorded beside it")
+    run_dir = out if args.seed == 0 else out / f"seed{args.seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for label, (name, changes) in methods.items():
         model, res = train_one(label, name, changes, args, train, test, threat, device)
@@ -340,7 +452,7 @@ def main(argv=None):
         if res["final"].get("sanity_warnings"):
             print(f"[{label}] sanity: {res['final']['sanity_warnings']}", file=sys.stderr, flush=True)
         results[label] = res
-        (out / "results.json").write_text(json.dumps({"partial": True, "results": results}, indent=1))
+        (run_dir / "results.json").write_text(json.dumps({"partial": True, "results": results}, indent=1))
     summary = summarise(results, args.dataset)
     steps, step_size = pgd_defaults(args.dataset, threat)
     meta = {
@@ -348,7 +460,7 @@ def main(argv=None):
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}",
         "command": "python benchmarks/atl_vs_pgd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit,
-        "model": results[REFERENCE[args.dataset]]["recipe"]["model"],
+        "model": next(iter(results.values()))["recipe"]["model"],
         "eps": threat.eps,
         "train_n": len(train),
         "seed": args.seed,
@@ -361,12 +473,26 @@ def main(argv=None):
         else str(out / "robust_error_vs_time.png"),
         "lossy_data": test.lossy,
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1))
-    title = f"{args.dataset}: adversarial test error (PGD-{steps}) vs training time"
+    (run_dir / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1)
+    )
+    return publish(out, args)
+
+
+def publish(out: Path, args):
+    """Rebuild the plot, ``summary.md`` and the BENCHMARKS.md section from ``<out>/results.json`` (the side-by-side
+    run at seed 0) and the other seeds' runs beside it; returns seed 0's summary (None before it exists)."""
+    runs = seed_runs(out)
+    if 0 not in runs:
+        print(f"no finished seed-0 comparison in {out}: the seeds table waits for it", file=sys.stderr)
+        return None
+    base = runs[0]
+    meta, summary, results = base["meta"], base["summary"], base["results"]
+    title = f"{args.dataset}: adversarial test error (PGD-{meta['pgd_steps']}) vs training time"
     if args.dataset == "cifar10":
         title += "\n" + LOSSY_LABEL
     plot(results, out / "robust_error_vs_time.png", title)
-    section = markdown(summary, meta, args.dataset)
+    section = markdown(summary, meta, args.dataset, across_seeds(runs))
     (out / "summary.md").write_text(section)
     md_path = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
     if md_path is not None:

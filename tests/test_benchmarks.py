@@ -25,7 +25,8 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           str(mnist_dir), "--out", str(tmp_path / "out"), "--benchmarks-md", str(md),
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
-    assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL"]
+    assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
+                      "Free ATL (replay 4)"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["meta"]["train_n"] == 200
     from adv_transport.recipes import recipe
@@ -50,6 +51,51 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     # a second run replaces its section instead of appending another
     bench.update_benchmarks_md(md, "<!-- atl-vs-pgd:mnist -->\nnew\n<!-- /atl-vs-pgd:mnist -->\n", "mnist")
     assert md.read_text().count("atl-vs-pgd:mnist -->") == 2 and "\nnew\n" in md.read_text()
+    assert "Square drop" in text and "ATL T=1 trained in" in text
+
+
+def test_atl_vs_pgd_further_seeds_are_recorded_beside_seed_0_and_averaged(mnist_dir, tmp_path):
+    bench = load("atl_vs_pgd")
+    out, md = tmp_path / "out", tmp_path / "BENCH.md"
+    common = ["--quick", "--train-subset", "100", "--eval-n", "20", "--aa-n", "10", "--data-dir", str(mnist_dir),
+              "--out", str(out), "--benchmarks-md", str(md), "--no-progress", "--epochs-scale", "0.05"]
+    # seed 0 must hold the comparison's reference; another seed may run any subset
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--methods", "ATL T=1,Free ATL"])
+    assert bench.main([*common, "--seed", "1", "--methods", "clean,ATL T=1,Free ATL"]) is None  # no seed 0 yet
+    assert (out / "seed1" / "results.json").is_file() and not md.exists()
+    bench.main([*common, "--methods", "clean,ATL T=1,PGD-40 AT,Free ATL"])
+    table = bench.across_seeds(bench.seed_runs(out))
+    assert set(table["ATL T=1"]["seeds"]) == {0, 1} and set(table["PGD-40 AT"]["seeds"]) == {0}
+    accs = [r["autoattack_acc"] for r in table["Free ATL"]["seeds"].values()]
+    assert abs(table["Free ATL"]["autoattack_acc_mean"] - sum(accs) / 2) < 1e-9
+    text = md.read_text()
+    assert "Across seeds" in text and "Free ATL epoch cost" in text and "within 2 points" in text
+    # --report rebuilds the section from the saved runs without training
+    md.write_text("# Benchmarks\n")
+    summary = bench.main([*common, "--report"])
+    assert [r["label"] for r in summary["rows"]] == ["clean", "ATL T=1", "PGD-40 AT", "Free ATL"]
+    assert "Across seeds" in md.read_text()
+
+
+def test_mnist_sweep_quick_mode_judges_on_validation_and_resumes(mnist_dir, tmp_path):
+    sweep = load("mnist_sweep")
+    out, md = tmp_path / "out", tmp_path / "BENCH.md"
+    args = ["--quick", "--data-dir", str(mnist_dir), "--out", str(out), "--benchmarks-md", str(md), "--no-progress",
+            "--variants", "consistency 10;eta 1.25 eps, s 0.05", "--val-aa-n", "10"]
+    sweep.main(args)
+    runs = sorted((out / "runs").glob("*.json"))
+    assert len(runs) == 2
+    run = json.loads(runs[0].read_text())
+    assert run["final_on"] == "validation" and run["final"]["n_examples"] == 10
+    assert run["recipe"]["method"] == "atl" and run["recipe"]["epochs"] == 1
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    sweep.main(args)  # a rerun skips finished variants
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    text = md.read_text()
+    assert text.count("<!-- mnist-sweep -->") == 1 and "consistency 10" in text
 
 
 def test_optimizer_step_time_script_runs(tmp_path):
