@@ -209,3 +209,11 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert sweep["eps"] == {}
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "sw" / "runs").glob("*.json")]
     assert run["final_on"] == "validation" and all("pgd_acc" not in h for h in run["history"])
+
+
+def test_cpu_model_choice_times_each_candidate_against_small_cnn(tmp_path):
+    rows = load("cpu_model_choice").main(["--models", "wrn-10-1", "--rounds", "1", "--warmup", "0", "--batch", "8",
+                                          "--out", str(tmp_path / "cmc")])
+    assert [r["model"] for r in rows] == ["small-cnn", "wrn-10-1"]  # the unit is always measured
+    assert rows[0]["vs_small_cnn"] == 1.0 and all(r["epoch_s"] > 0 for r in rows)
+    assert "| wrn-10-1 |" in (tmp_path / "cmc.md").read_text()
