@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import platform
-import re
 import sys
 import time
 from datetime import date
@@ -33,7 +32,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar_study import square_drop  # noqa: E402 - one source for the Square-drop reading
+from bench_common import git_commit, replace_section, square_drop  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -345,14 +344,7 @@ def markdown(summary, meta, dataset, seeds=None):
 
 
 def update_benchmarks_md(path: Path, section: str, dataset: str) -> None:
-    text = (
-        path.read_text()
-        if path.is_file()
-        else "# Benchmarks\n\nMeasured results, each from one run of committed code.\n"
-    )
-    pattern = re.compile(rf"<!-- atl-vs-pgd:{dataset} -->.*?<!-- /atl-vs-pgd:{dataset} -->\n", re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, f"atl-vs-pgd:{dataset}", section)
 
 
 def plot(results, path, title):
@@ -408,15 +400,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    commit = "uncommitted"
-    try:
-        import subprocess
-
-        commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:  # noqa: BLE001 - a missing git only loses the label
-        pass  # the code that runs: taken at the start, not at the end
+    commit = git_commit()  # the code that runs: taken at the start, not at the end
     if args.quick:
         args.train_subset = args.train_subset or 3000
         args.eval_n = min(args.eval_n, 200)

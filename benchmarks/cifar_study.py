@@ -33,7 +33,6 @@ import json
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -45,6 +44,9 @@ import adv_transport as at
 from adv_transport.eval import evaluate
 from adv_transport.recipes import recipe
 from adv_transport.training import build_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import git_commit, replace_section, square_drop  # noqa: E402, F401 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSY_LABEL = (
@@ -96,14 +98,6 @@ SWEEP = {
 }
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - a missing git only loses the label
-        return "unknown"
-
-
 def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, norm: str = "linf"):
     """The study's recipe of ``method`` at ``eps`` (in ``norm``): the CIFAR-10 recipe, the shared settings,
     ``changes``; every step size given for l-inf eps 8/255 keeps its ratio to eps (l2: eta, alpha as fractions of
@@ -128,15 +122,6 @@ def run_key(mode: str, eps: float, label: str, seed: int, norm: str = "linf") ->
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
     eps_part = f"eps{round(eps * 255)}" if norm == "linf" else f"l2eps{eps:g}"
     return f"{mode}-{eps_part}-{slug}-seed{seed}"
-
-
-def square_drop(report: dict) -> float | None:
-    """Points removed by Square after the white-box attacks (a gradient-masking symptom)."""
-    d = report.get("autoattack_detail", {}).get("autoattack")
-    if not d:
-        return None
-    vals = list(d.values())
-    return vals[-2] - vals[-1] if len(vals) >= 2 else None
 
 
 def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
@@ -377,10 +362,7 @@ def report(out: Path, args) -> dict:
     (out / "study.md").write_text(section)
     md = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
     if md is not None:
-        text = md.read_text() if md.is_file() else "# Benchmarks\n"
-        pat = re.compile(r"<!-- cifar-study -->.*?<!-- /cifar-study -->\n", re.S)
-        text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
-        md.write_text(text)
+        replace_section(md, "cifar-study", section)
     return agg
 
 

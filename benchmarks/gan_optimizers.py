@@ -31,6 +31,9 @@ from adv_transport.gan import DCGANDiscriminator, DCGANGenerator, gan_step
 from adv_transport.gan.sample_quality import classifier_frechet_distance, mode_coverage, save_grid
 from adv_transport.optim import AdaDir, AdaLR, NormalizedSGD
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import replace_section  # noqa: E402 - shared by the scripts
+
 ROOT = Path(__file__).resolve().parent.parent
 
 OPTIMIZERS = {
@@ -182,10 +185,7 @@ def finish(results, out, benchmarks_md, quick):
     (out / "summary.md").write_text(section)
     md_path = Path(benchmarks_md) if benchmarks_md else (None if quick else ROOT / "BENCHMARKS.md")
     if md_path is not None:
-        text = md_path.read_text() if md_path.is_file() else "# Benchmarks\n"
-        pattern = re.compile(r"<!-- gan-optimizers -->.*?<!-- /gan-optimizers -->\n", re.S)
-        text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-        md_path.write_text(text)
+        replace_section(md_path, "gan-optimizers", section)
     print(section)
     return results
 

@@ -33,7 +33,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar_study import git_commit, square_drop  # noqa: E402 - the study's helpers, one source
+from bench_common import git_commit, replace_section, square_drop  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.3
@@ -115,10 +115,7 @@ def report(out: Path, args) -> str:
     (out / "sweep.md").write_text(section)
     md = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
     if md is not None:
-        text = md.read_text() if md.is_file() else "# Benchmarks\n"
-        pat = re.compile(r"<!-- mnist-sweep -->.*?<!-- /mnist-sweep -->\n", re.S)
-        text = pat.sub(lambda _: section, text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
-        md.write_text(text)
+        replace_section(md, "mnist-sweep", section)
     return section
 
 

@@ -1,0 +1,38 @@
+"""Helpers shared by the benchmark scripts (imported with the scripts' folder on ``sys.path``)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    """The short hash of the checkout's HEAD: the code a run starts on ("unknown" without git)."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - a missing git only loses the label
+        return "unknown"
+
+
+def square_drop(report: dict) -> float | None:
+    """Points removed by Square after AutoAttack's white-box attacks (a gradient-masking symptom); None without an
+    AutoAttack result."""
+    d = (report or {}).get("autoattack_detail", {}).get("autoattack")
+    if not d:
+        return None
+    vals = list(d.values())
+    return vals[-2] - vals[-1] if len(vals) >= 2 else None
+
+
+def replace_section(path: Path, marker: str, section: str) -> None:
+    """Put ``section`` (which starts with ``<!-- marker -->`` and ends with ``<!-- /marker -->``) into the Markdown file
+    at ``path`` in place of the previous one, or append it (the file is created if missing)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- {re.escape(marker)} -->.*?<!-- /{re.escape(marker)} -->\n", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
