@@ -269,9 +269,12 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
         f"**{LOSSY_LABEL}.**",
         "",
         f"Script `benchmarks/cifar_study.py` ({meta['runs']} runs; commits {', '.join(meta['commits'])}; "
-        f"{meta['machine']}). Model `small-cnn` (the CPU benchmark's: a 50,000-image clean epoch takes about 3 s "
-        "here, which is what lets every method run with 3 seeds and two eps in one session; a wider model would "
-        "reach more clean accuracy at several times the cost). Training on the first 49,000 "
+        f"{meta['machine']}). Model `small-cnn`: of the library's models it is the only one within the 20 s "
+        "clean-epoch budget (a 50,000-image clean epoch takes about 3 s here on 2 idle cores; "
+        "`benchmarks/cpu_model_choice.py`: the smallest WideResNet, wrn-10-1, takes 17x its step time, "
+        "PreAct-ResNet-18 630x). A wider CNN of its kind could spend up to about 6x more per epoch and reach more "
+        "clean accuracy; it was not built, because every run of this study would cost as much more. Training on the "
+        "first 49,000 "
         "training images, the last 1,000 are the validation split (model selection, the sweep); SGD, one-cycle LR "
         "peak 0.05, 15 epochs, crop + flip after delta, eps warm-up over 5 epochs and best-on-validation selection "
         "for every method (FGSM-RS also stops early when validation PGD-20 drops 20 points below its best). "
