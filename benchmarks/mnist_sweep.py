@@ -94,18 +94,19 @@ def markdown(runs: list[dict], args) -> str:
         "",
         f"Script `benchmarks/mnist_sweep.py` ({len(runs)} runs; commits {', '.join(commits) or 'n/a'}; "
         f"{', '.join(machines) or 'n/a'}, while other work shared the 2 cores). `mnist-cnn`, l-inf eps = 0.3, ATL "
-        f"T = 1, {args.epochs or 20} epochs, seed {args.seed}, trained on the first {args.train_n} training images; "
+        f"T = 1, seed {args.seed}, trained on the first {args.train_n} training images; "
         f"judged on "
         f"the first n of the last {args.val_n} training images (never trained on; the test set is not touched): "
         "clean, PGD-40 (step 0.01) and AutoAttack 'standard'. Square drop = points Square removed after the "
         "white-box attacks. Sorted by validation AutoAttack accuracy.",
         "",
-        "| variant | tricks | val n | val clean % | val PGD-40 % | val AutoAttack % | Square drop | train s | "
+        "| variant | tricks | epochs | val n | val clean % | val PGD-40 % | val AutoAttack % | Square drop | train s | "
         "grad evals |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(runs, key=lambda r: -(r["final"].get("autoattack_acc") or r["final"]["pgd_acc"])):
-        lines.append(f"| {r['label']} | {', '.join(r['tricks']) or 'none'} | {r['final']['n_examples']} | "
+        lines.append(f"| {r['label']} | {', '.join(r['tricks']) or 'none'} | {r['recipe']['epochs']} | "
+                     f"{r['final']['n_examples']} | "
                      f"{f(r['final']['clean_acc'])} | "
                      f"{f(r['final']['pgd_acc'])} | {f(r['final'].get('autoattack_acc'))} | "
                      f"{f(r['square_drop'], 2)} | {f(r['train_seconds'], 0)} | {r['grad_evals'] / 1e6:.2f} M |")
