@@ -51,7 +51,7 @@ MNIST_METHODS = {
     "Free ATL (replay 4)": ("free-atl", {"replay": 4, "epochs": 5}),
     # Free-AT's own chain (Shafahi et al. 2019: a signed step of eps, no noise), replayed 4 times, with the baselines'
     # eps warm-up (in replay-epochs: 3 of PGD-40 AT's 10 epochs -> 1.5 of 5)
-    "Free ATL (replay 4, step eps, no noise)": ("free-atl", {"replay": 4, "epochs": 5, "eta": 0.3, "noise_scale": 0.0,
+    "Free ATL (replay 4) with Free-AT's step": ("free-atl", {"replay": 4, "epochs": 5, "eta": 0.3, "noise_scale": 0.0,
                                                             "eps_ramp": 1.5}),
 }
 CIFAR_METHODS = {

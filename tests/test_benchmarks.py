@@ -26,7 +26,8 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
     assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
-                      "Free ATL (replay 4)", "Free ATL (replay 4, step eps, no noise)"]
+                      "Free ATL (replay 4)", "Free ATL (replay 4) with Free-AT's step"]
+    assert not [label for label in bench.MNIST_METHODS if "," in label]  # --methods is comma-separated
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["meta"]["train_n"] == 200
     from adv_transport.recipes import recipe
