@@ -218,3 +218,12 @@ def test_cpu_model_choice_times_each_candidate_against_small_cnn(tmp_path):
     assert [r["model"] for r in rows] == ["small-cnn", "wrn-10-1"]  # the unit is always measured
     assert rows[0]["vs_small_cnn"] == 1.0 and all(r["epoch_s"] > 0 for r in rows)
     assert "| wrn-10-1 |" in (tmp_path / "cmc.md").read_text()
+
+
+def test_epoch_cost_interleaves_the_methods_and_reports_ratios_to_clean(tmp_path):
+    rows = load("epoch_cost").main(["--datasets", "mnist", "--batches", "2", "--rounds", "1",
+                                    "--out", str(tmp_path / "ec")])
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"clean", "atl", "free-atl", "fgsm-rs"} and by["clean"]["vs_clean"] == 1.0
+    assert all(r["seconds_per_round"] > 0 for r in rows)
+    assert "| mnist | free-atl |" in (tmp_path / "ec.md").read_text()

@@ -1,0 +1,99 @@
+"""Training cost per batch of clean training, ATL T=1, free ATL and FGSM-RS, timed side by side.
+
+Wall-clock ratios taken from separate runs are not valid on a shared CPU; this script interleaves the methods batch by
+batch (one training step of each method in turn, on the same batch, through the trainer's own step) so that whatever
+else loads the machine loads every method alike. Each method is built by ``build_training`` from its recipe (MNIST:
+``mnist-cnn``; CIFAR-10: the study's ``small-cnn`` settings); the data are random images of the dataset's shape (the
+cost does not depend on their content). The median per-round time over ``--rounds`` rounds of ``--batches`` batches
+gives each method's cost per epoch relative to clean training (a free-ATL replay round costs one step, as here).
+
+    python benchmarks/epoch_cost.py --threads 2      # writes benchmarks/results/epoch_cost.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import adv_transport as at
+from adv_transport.recipes import recipe
+from adv_transport.training import build_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import git_commit  # noqa: E402 - shared by the scripts
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("clean", "atl", "free-atl", "fgsm-rs")
+SETTINGS = {"mnist": {}, "cifar10": {"model": "small-cnn", "lr": 0.05, "eps_ramp": 0}}
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128) -> dict[str, list[float]]:
+    n = batches * batch_size
+    g = torch.Generator().manual_seed(0)
+    data = at.IndexedDataset(torch.randint(0, 256, (n, *SHAPES[dataset]), generator=g, dtype=torch.uint8),
+                             torch.randint(0, 10, (n,), generator=g), dataset)
+    trainers = {}
+    for m in METHODS:
+        r = recipe(m, dataset).replace(**SETTINGS[dataset]).replace(epochs=rounds + 1, batch_size=batch_size,
+                                                                    select="last", early_stop_drop=None)
+        trainers[m], loader = build_training(r, data, None, seed=0, progress=False)
+    fixed = [tuple(b) for b in loader]
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for rnd in range(rounds + 1):  # round 0 warms up
+        spent = dict.fromkeys(METHODS, 0.0)
+        for x, y, idx in fixed:
+            for m, trainer in trainers.items():
+                start = time.perf_counter()
+                trainer._train_step(x, y, idx, float(rnd))
+                spent[m] += time.perf_counter() - start
+        if rnd:
+            for m in METHODS:
+                times[m].append(spent[m])
+    return times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="mnist,cifar10")
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--conditions", default="", help="what else ran on the machine (written into the table)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "epoch_cost"))
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for dataset in args.datasets.split(","):
+        times = time_methods(dataset, args.batches, args.rounds)
+        clean = statistics.median(times["clean"])
+        for m in METHODS:
+            med = statistics.median(times[m])
+            rows.append({"dataset": dataset, "method": m, "seconds_per_round": med, "vs_clean": med / clean})
+            print(rows[-1], flush=True)
+    meta = {"date": date.today().isoformat(), "commit": git_commit(), "conditions": args.conditions,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)", "batches": args.batches,
+            "rounds": args.rounds}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [f"Measured {meta['date']} (commit {meta['commit']}) on {meta['machine']} "
+             f"({args.conditions or 'conditions not given'}): methods interleaved batch by batch, median over "
+             f"{args.rounds} rounds of {args.batches} batches of 128.", "",
+             "| dataset | method | s per round | cost vs clean |", "|---|---|---:|---:|"]
+    lines += [f"| {r['dataset']} | {r['method']} | {r['seconds_per_round']:.3f} | {r['vs_clean']:.2f}x |" for r in rows]
+    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
