@@ -28,7 +28,7 @@ import torch
 
 import adv_transport as at
 from adv_transport.eval import evaluate, pgd_defaults
-from adv_transport.recipes import recipe
+from adv_transport.recipes import Recipe, recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,12 +69,18 @@ LOSSY_LABEL = (
 )
 
 
-def train_one(label, method_name, changes, args, train, test, threat, device):
+def run_recipe(method_name, changes, args):
+    """The recipe a method trains with in this comparison (its documented recipe, this script's settings)."""
     r = recipe(method_name, args.dataset).replace(**changes)
     if args.dataset == "cifar10":
         r = r.replace(model=args.cifar_model, epochs=args.cifar_epochs, lr=args.cifar_lr)
     if args.epochs_scale != 1.0:
         r = r.replace(epochs=max(1, round(r.epochs * args.epochs_scale)))
+    return r
+
+
+def train_one(label, method_name, changes, args, train, test, threat, device):
+    r = run_recipe(method_name, changes, args)
     # identical initialisation and data order for every method (seeded), the same loop and per-epoch check
     trainer, batches = build_training(r, train, test, seed=args.seed, device=device, eval_n=args.eval_n,
                                       progress=not args.no_progress, config={"recipe": r.to_dict()})
@@ -286,6 +292,10 @@ def targets(summary, dataset):
     return lines
 
 
+def reused_rows(meta) -> list[tuple[str, str]]:
+    return list(meta.get("reused", {}).items())
+
+
 def f_or_na(v, fmt=".2f"):
     return "n/a" if v is None else format(v, fmt)
 
@@ -332,6 +342,8 @@ def markdown(summary, meta, dataset, seeds=None):
         f"`{meta['png']}`.",
         "",
         "Square drop = points Square removed after AutoAttack's white-box attacks (a gradient-masking symptom).",
+        *[f"**{label} was not retrained in this run**: its row is reused from {why}, the same recipe; its seconds "
+          "were measured then (2 threads, idle machine), not beside the others." for label, why in reused_rows(meta)],
         *(seeds_markdown(seeds) if seeds and len(seeds_of(seeds)) > 1 else []),
         "",
         "Targets:",
@@ -390,6 +402,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0,
                    help="0: the side-by-side comparison, <out>/results.json; k > 0: a further seed of any subset of "
                    "the methods, <out>/seed<k>/results.json, reported as mean +- std beside it")
+    p.add_argument("--reference-from", help="a results.json of an earlier run whose reference method (PGD-40 AT / "
+                   "PGD-10 AT, same recipe) is reused instead of retrained; the report says so")
     p.add_argument("--report", action="store_true", help="rebuild the plot and tables from the saved runs only")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="results folder (default benchmarks/results/<dataset>[-quick])")
@@ -421,20 +435,38 @@ def main(argv=None):
         print("note: this CIFAR-10 copy is not the lossy one; the lossy label is still applied", file=sys.stderr)
     r0 = recipe("atl", args.dataset)
     threat = at.ThreatModel(r0.norm, r0.eps)
-    methods = MNIST_METHODS if args.dataset == "mnist" else CIFAR_METHODS
+    methods = methods_all = MNIST_METHODS if args.dataset == "mnist" else CIFAR_METHODS
     if args.methods:
         keep = [m.strip() for m in args.methods.split(",")]
         unknown = [m for m in keep if m not in methods]
         if unknown:
             p.error(f"unknown methods {unknown}; known: {list(methods)}")
         methods = {k: v for k, v in methods.items() if k in keep}
-    if args.seed == 0 and (REFERENCE[args.dataset] not in methods or "ATL T=1" not in methods):
+    reused = {}
+    if args.reference_from:  # the reference's result from an earlier run of the same recipe, not retrained
+        prev = json.loads(Path(args.reference_from).read_text())
+        ref_label = REFERENCE[args.dataset]
+        if ref_label not in prev.get("results", {}) or prev.get("partial"):
+            p.error(f"{args.reference_from} holds no finished '{ref_label}' result")
+        res = prev["results"][ref_label]
+        name, changes = methods_all[ref_label]
+        if Recipe.from_dict(res["recipe"]) != run_recipe(name, changes, args):
+            p.error(f"{args.reference_from}: its '{ref_label}' recipe differs from today's; rerun it instead")
+        reused[ref_label] = {**res, "reused_from": f"{args.reference_from} (commit {prev['meta']['commit']}, "
+                                                  f"AutoAttack on {prev['meta']['aa_n']} images)"}
+        methods = {k: v for k, v in methods.items() if k != ref_label}
+    if args.seed == 0 and (REFERENCE[args.dataset] not in {**methods, **reused} or "ATL T=1" not in methods):
         p.error(f"the comparison (seed 0) needs '{REFERENCE[args.dataset]}' and 'ATL T=1'; other seeds may run any "
                 "subset, recorded beside it")
     run_dir = out if args.seed == 0 else out / f"seed{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     results = {}
-    for label, (name, changes) in methods.items():
+    for label, (name, changes) in methods_all.items():
+        if label in reused:
+            results[label] = reused[label]
+            continue
+        if label not in methods:
+            continue
         model, res = train_one(label, name, changes, args, train, test, threat, device)
         res["final"] = final_eval(model, test, threat, args, device)
         if res["final"].get("sanity_warnings"):
@@ -460,6 +492,7 @@ def main(argv=None):
         if out.is_relative_to(ROOT)
         else str(out / "robust_error_vs_time.png"),
         "lossy_data": test.lossy,
+        "reused": {label: res["reused_from"] for label, res in results.items() if "reused_from" in res},
     }
     (run_dir / "results.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1)

@@ -74,6 +74,15 @@ def test_atl_vs_pgd_further_seeds_are_recorded_beside_seed_0_and_averaged(mnist_
     assert abs(table["Free ATL"]["autoattack_acc_mean"] - sum(accs) / 2) < 1e-9
     text = md.read_text()
     assert "Across seeds" in text and "Free ATL epoch cost" in text and "within 2 points" in text
+    # the reference may be reused from an earlier run of the same recipe (not retrained; the report says so)
+    out2 = tmp_path / "out2"
+    i = common.index("--out")
+    again = [*common[:i + 1], str(out2), *common[i + 2:]]
+    summary = bench.main([*again, "--methods", "clean,ATL T=1", "--reference-from", str(out / "results.json")])
+    assert [r["label"] for r in summary["rows"]] == ["clean", "ATL T=1", "PGD-40 AT"]
+    saved = json.loads((out2 / "results.json").read_text())
+    assert "reused_from" in saved["results"]["PGD-40 AT"] and "not retrained in this run" in md.read_text()
+    bench.main([*common, "--report"])
     # --report rebuilds the section from the saved runs without training
     md.write_text("# Benchmarks\n")
     summary = bench.main([*common, "--report"])
