@@ -201,11 +201,14 @@ def test_load_model_reports_the_weight_average_or_the_best_epoch_as_the_run_did(
 
 def test_a_checkpoint_from_before_a_recipe_field_existed_still_resumes(mnist_dir, tmp_path):
     out = tmp_path / "old"
-    assert _train(mnist_dir, out) == 0
+    # a run from before the consistency term existed trained without it (ATL's MNIST default has it since)
+    before = ("--consistency", "0")
+    assert _train(mnist_dir, out, *before) == 0
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     for field in ("consistency", "replay", "ema_decay"):  # fields added after 0.1.0: absent from older checkpoints
         del state["config"]["recipe"][field]
     torch.save(state, out / "checkpoint.pt")
-    assert _train(mnist_dir, out, "--resume") == 0  # the settings check reads a missing field as its default
+    assert _train(mnist_dir, out, "--resume", *before) == 0  # the settings check reads a missing field as its default
     assert at.load_run(out).epoch == 2
-    assert _train(mnist_dir, out, "--resume", "--replay", "2") == 2  # a real difference is still refused
+    assert _train(mnist_dir, out, "--resume", *before, "--replay", "2") == 2  # a real difference is still refused
+    assert _train(mnist_dir, out, "--resume") == 2  # so is today's default (consistency 10) against the stored 0
