@@ -342,6 +342,8 @@ def markdown(summary, meta, dataset, seeds=None):
         f"`{meta['png']}`.",
         "",
         "Square drop = points Square removed after AutoAttack's white-box attacks (a gradient-masking symptom).",
+        *([f"**This run was stopped before {', '.join(meta['stopped_before'])}** (out of the session's time): "
+           "those rows are missing."] if meta.get("stopped_before") else []),
         *[f"**{label} was not retrained in this run**: its row is reused from {why}, the same recipe; its seconds "
           "were measured then (2 threads, idle machine), not beside the others." for label, why in reused_rows(meta)],
         *(seeds_markdown(seeds) if seeds and len(seeds_of(seeds)) > 1 else []),
@@ -404,6 +406,8 @@ def main(argv=None):
                    "the methods, <out>/seed<k>/results.json, reported as mean +- std beside it")
     p.add_argument("--reference-from", help="a results.json of an earlier run whose reference method (PGD-40 AT / "
                    "PGD-10 AT, same recipe) is reused instead of retrained; the report says so")
+    p.add_argument("--close-partial", metavar="COMMIT", help="finish the report of an interrupted run from the "
+                   "methods it completed (COMMIT: the commit it ran on); the ones it did not reach are named")
     p.add_argument("--report", action="store_true", help="rebuild the plot and tables from the saved runs only")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="results folder (default benchmarks/results/<dataset>[-quick])")
@@ -460,7 +464,14 @@ def main(argv=None):
                 "subset, recorded beside it")
     run_dir = out if args.seed == 0 else out / f"seed{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, stopped_before = {}, []
+    if args.close_partial:  # an interrupted run: report the methods it finished, name the ones it did not reach
+        saved = json.loads((run_dir / "results.json").read_text())
+        if not saved.get("partial"):
+            p.error(f"{run_dir / 'results.json'} is not a partial run")
+        results = saved["results"]
+        stopped_before = [label for label in methods_all if label in {**methods, **reused} and label not in results]
+        methods, reused = {}, {}
     for label, (name, changes) in methods_all.items():
         if label in reused:
             results[label] = reused[label]
@@ -493,7 +504,13 @@ def main(argv=None):
         else str(out / "robust_error_vs_time.png"),
         "lossy_data": test.lossy,
         "reused": {label: res["reused_from"] for label, res in results.items() if "reused_from" in res},
+        "stopped_before": stopped_before,
     }
+    if args.close_partial:
+        meta["commit"] = args.close_partial
+        argv_run = list(argv if argv is not None else sys.argv[1:])
+        i = argv_run.index("--close-partial")
+        meta["command"] = "python benchmarks/atl_vs_pgd.py " + " ".join(argv_run[:i] + argv_run[i + 2:])
     (run_dir / "results.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1)
     )

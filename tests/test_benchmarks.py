@@ -83,6 +83,18 @@ def test_atl_vs_pgd_further_seeds_are_recorded_beside_seed_0_and_averaged(mnist_
     saved = json.loads((out2 / "results.json").read_text())
     assert "reused_from" in saved["results"]["PGD-40 AT"] and "not retrained in this run" in md.read_text()
     bench.main([*common, "--report"])
+    # an interrupted run is closed from the methods it finished; the missing ones are named
+    data = json.loads((out / "results.json").read_text())
+    out3 = tmp_path / "out3"
+    out3.mkdir()
+    (out3 / "results.json").write_text(json.dumps(
+        {"partial": True, "results": {k: v for k, v in data["results"].items() if k != "Free ATL"}}))
+    summary = bench.main([*common[:i + 1], str(out3), *common[i + 2:], "--methods", "clean,ATL T=1,PGD-40 AT,Free ATL",
+                          "--close-partial", "abc1234"])
+    assert [r["label"] for r in summary["rows"]] == ["clean", "ATL T=1", "PGD-40 AT"]
+    meta = json.loads((out3 / "results.json").read_text())["meta"]
+    assert meta["stopped_before"] == ["Free ATL"] and meta["commit"] == "abc1234"
+    assert "--close-partial" not in meta["command"] and "stopped before Free ATL" in md.read_text()
     # --report rebuilds the section from the saved runs without training
     md.write_text("# Benchmarks\n")
     summary = bench.main([*common, "--report"])
