@@ -157,6 +157,7 @@ def summarise(results, dataset):
                 "bank_bytes": res.get("bank_bytes"),
                 "bank_bytes_int8": res.get("bank_bytes_int8"),
                 "square_drop": square_drop(res["final"]),
+                "reused": "reused_from" in res,
             }
         )
     return {"target_pgd_acc": target, "reference": REFERENCE[dataset], "rows": rows}
@@ -240,7 +241,16 @@ def targets(summary, dataset):
     lines = []
     t_ref = ref["train_seconds"]
     t_atl = atl["seconds_to_target"]
-    if t_atl is None:
+    if ref.get("reused"):  # its seconds come from another run: compare counted gradient evaluations only
+        g_atl = atl["grad_evals_to_target"]
+        lines.append(
+            f"- **{'Met' if g_atl is not None and ref['grad_evals'] / g_atl >= 10 else 'Not met'}**: "
+            f"{summary['reference']} was reused from an earlier run, so no wall-clock ratio is given: ATL T=1 reached "
+            f"its final PGD accuracy ({summary['target_pgd_acc']:.1f} %) after "
+            f"{'never' if g_atl is None else f'{g_atl / 1e6:.2f} M'} gradient evaluations, it trained for "
+            f"{ref['grad_evals'] / 1e6:.2f} M (target: 10x fewer)."
+        )
+    elif t_atl is None:
         lines.append(
             f"- **Not met**: ATL T=1 never reached {summary['reference']}'s final PGD accuracy "
             f"({summary['target_pgd_acc']:.1f} %) within its epochs."
@@ -280,10 +290,18 @@ def targets(summary, dataset):
             )
     if dataset == "mnist":
         ratio, gratio = atl["train_seconds"] / t_ref, atl["grad_evals"] / ref["grad_evals"]
-        lines.append(
-            f"- **{'Met' if ratio <= 1 / 8 else 'Not met'}**: ATL T=1 trained in {ratio:.3f}x {summary['reference']}'s"
-            f" training time (target <= 1/8 = 0.125; {gratio:.3f}x its gradient evaluations)."
-        )
+        if ref.get("reused"):
+            lines.append(
+                f"- **{'Met' if gratio <= 1 / 8 else 'Not met'}**: ATL T=1 trained with {gratio:.3f}x "
+                f"{summary['reference']}'s gradient evaluations (target <= 1/8 = 0.125; its seconds come from another "
+                "run, so no wall-clock ratio is given)."
+            )
+        else:
+            lines.append(
+                f"- **{'Met' if ratio <= 1 / 8 else 'Not met'}**: ATL T=1 trained in {ratio:.3f}x "
+                f"{summary['reference']}'s training time (target <= 1/8 = 0.125; {gratio:.3f}x its gradient "
+                "evaluations)."
+            )
     if atl["epoch_cost_vs_clean"] is not None:
         verdict = "Met" if atl["epoch_cost_vs_clean"] <= 2.1 else "Not met"
         lines.append(
@@ -525,7 +543,8 @@ def publish(out: Path, args):
         print(f"no finished seed-0 comparison in {out}: the seeds table waits for it", file=sys.stderr)
         return None
     base = runs[0]
-    meta, summary, results = base["meta"], base["summary"], base["results"]
+    meta, results = base["meta"], base["results"]
+    summary = summarise(results, args.dataset)  # recomputed: a report follows today's reading of the saved runs
     title = f"{args.dataset}: adversarial test error (PGD-{meta['pgd_steps']}) vs training time"
     if args.dataset == "cifar10":
         title += "\n" + LOSSY_LABEL
