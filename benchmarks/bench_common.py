@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -10,7 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
-    """The short hash of the checkout's HEAD: the code a run starts on ("unknown" without git)."""
+    """The short hash of the checkout's HEAD: the code a run starts on. A copy without its git folder (a lent GPU
+    machine's) reads it from ``$ADV_TRANSPORT_COMMIT``; "unknown" without either."""
+    if os.environ.get("ADV_TRANSPORT_COMMIT"):
+        return os.environ["ADV_TRANSPORT_COMMIT"]
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()

@@ -35,6 +35,7 @@ import re
 import statistics
 import sys
 import time
+import traceback
 from datetime import date
 from pathlib import Path
 
@@ -98,11 +99,12 @@ SWEEP = {
 }
 
 
-def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, norm: str = "linf"):
-    """The study's recipe of ``method`` at ``eps`` (in ``norm``): the CIFAR-10 recipe, the shared settings,
-    ``changes``; every step size given for l-inf eps 8/255 keeps its ratio to eps (l2: eta, alpha as fractions of
-    the l2 radius)."""
-    r = recipe(method, "cifar10").replace(**COMMON).replace(**changes)
+def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, norm: str = "linf",
+                 common: dict | None = None):
+    """The study's recipe of ``method`` at ``eps`` (in ``norm``): the CIFAR-10 recipe, the shared settings
+    (``common``, default :data:`COMMON`), ``changes``; every step size given for l-inf eps 8/255 keeps its ratio to
+    eps (l2: eta, alpha as fractions of the l2 radius)."""
+    r = recipe(method, "cifar10").replace(**(COMMON if common is None else common)).replace(**changes)
     scale = eps / EPS8
     r = r.replace(norm=norm, eps=eps, step_size=None if r.step_size is None else r.step_size * scale,
                   eta=None if r.eta is None else r.eta * scale)
@@ -118,19 +120,46 @@ def threat_label(norm: str, eps: float) -> str:
     return f"{round(eps * 255)}/255" if norm == "linf" else f"l2 {eps:g}"
 
 
-def run_key(mode: str, eps: float, label: str, seed: int, norm: str = "linf") -> str:
+def run_key(mode: str, eps: float, label: str, seed: int, norm: str = "linf", model: str = "small-cnn") -> str:
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
     eps_part = f"eps{round(eps * 255)}" if norm == "linf" else f"l2eps{eps:g}"
-    return f"{mode}-{eps_part}-{slug}-seed{seed}"
+    model_part = "" if model == COMMON["model"] else f"-{re.sub(r'[^A-Za-z0-9.]+', '_', model)}"
+    return f"{mode}{model_part}-{eps_part}-{slug}-seed{seed}"
+
+
+def common_settings(args) -> dict:
+    """:data:`COMMON` with the command line's model and eps warm-up (the study's own: small-cnn, 5 epochs)."""
+    return {**COMMON, "model": args.model, **({} if args.eps_ramp is None else {"eps_ramp": args.eps_ramp})}
+
+
+def make_runtime(args, seed: int):
+    """A single-process :class:`adv_transport.distributed.Runtime` (mixed precision, channels-last, the bank on the
+    GPU) when the command line asks for a GPU or for either speed-up; None for the plain CPU path of the study."""
+    if args.device == "cpu" and args.amp == "off" and not args.channels_last:
+        return None
+    from adv_transport.distributed import Runtime
+
+    return Runtime(device=args.device, seed=seed, amp=args.amp, channels_last=args.channels_last,
+                   bank_device="cuda" if args.device.startswith("cuda") else "cpu",
+                   sync_every=1 if args.device == "cpu" else 25)
+
+
+def hardware(args) -> str:
+    """Where a run trained: the CPU's threads, or the GPU's name with the speed-ups used."""
+    if args.device.startswith("cuda"):
+        extras = [f"amp {args.amp}"] + (["channels-last"] if args.channels_last else [])
+        return f"{torch.cuda.get_device_name(torch.device(args.device))} ({', '.join(extras)})"
+    return f"{platform.machine()}, {torch.get_num_threads()} thread(s)"
 
 
 def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
     train, val, test = data
-    r = study_recipe(method, changes, eps, args.epochs, args.norm)
+    r = study_recipe(method, changes, eps, args.epochs, args.norm, common_settings(args))
     threat = at.ThreatModel(r.norm, r.eps)
+    runtime = make_runtime(args, seed)
     trainer, batches = build_training(
-        r, train, None if mode == "sweep" else test, seed=seed, eval_n=args.test_pgd_n, val=val, val_n=args.val_n,
-        progress=not args.no_progress, config={"recipe": r.to_dict()},
+        r, train, None if mode == "sweep" else test, seed=seed, device=args.device, eval_n=args.test_pgd_n, val=val,
+        val_n=args.val_n, runtime=runtime, progress=not args.no_progress, config={"recipe": r.to_dict()},
     )
     print(f"[{mode} eps {threat_label(args.norm, eps)} seed {seed}] {label}: {trainer.method.describe()}",
           file=sys.stderr, flush=True)
@@ -139,7 +168,7 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
     target, n = (val, args.val_aa_n) if mode == "sweep" else (test, args.aa_n)
     attacks = ["clean", "pgd"] + ([] if args.no_autoattack else ["autoattack"])
     final = evaluate(model, target, threat, attacks, n_examples=n, pgd_steps=20, pgd_step_size=eps / 4, sanity=False,
-                     progress=not args.no_progress)
+                     device=args.device, progress=not args.no_progress)
     h = trainer.history
     res = {
         "mode": mode, "label": label, "method": method, "eps": eps, "seed": seed, "recipe": r.to_dict(),
@@ -153,7 +182,7 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
         "final": {k: v for k, v in final.items() if k != "per_class"},
         "square_drop": square_drop(final),
         "commit": args.commit, "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+        "machine": hardware(args),
     }
     print(f"  -> clean {final['clean_acc']:.1f} PGD-20 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
           f"({res['train_seconds']:.0f} s, {res['grad_evals'] / 1e6:.2f} M grad evals)", file=sys.stderr, flush=True)
@@ -266,16 +295,41 @@ def targets(agg: dict) -> list[str]:
     return lines
 
 
+def section_marker(model: str) -> str:
+    """The BENCHMARKS.md section of a study: ``cifar-study`` for the small CNN's, ``cifar-study-<model>`` else."""
+    return "cifar-study" if model == COMMON["model"] else f"cifar-study-{model}"
+
+
+def other_model_intro(meta: dict) -> str:
+    """The conditions of a study on another model than the small CNN (a GPU run, as a rule)."""
+    nums = lambda xs: "/".join(f"{x:g}" for x in xs) or "n/a"  # noqa: E731
+    return (
+        f"Script `benchmarks/cifar_study.py --model {meta['model']}` ({meta['runs']} runs; commits "
+        f"{', '.join(meta['commits'])}; {meta['machine']}). The small-CNN study's harness and settings (SGD, "
+        "one-cycle LR peak 0.05, crop + flip after delta, best-on-validation selection, FGSM-RS's early stopping, "
+        f"every step size relative to eps) except the model, {nums(meta['epochs'])} epochs and an eps warm-up over "
+        f"{nums(meta['eps_ramp'])} epochs; training on the first 49,000 training images, the last 1,000 are the "
+        "validation split. Final numbers on the first "
+        f"{meta['aa_n']} class-balanced test images: PGD-20 (step eps/4) and AutoAttack 'standard' (pyautoattack, "
+        "float32), mean ± std over seeds. Seconds are training wall-clock (evaluation excluded), the methods run one "
+        "after another in one script on the otherwise idle GPU."
+    )
+
+
 def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
     f = lambda v, d=1: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     pm = lambda m, k: f"{f(m[k + '_mean'])} ± {f(m[k + '_std'])}"  # noqa: E731
     ratio = lambda v: "n/a (no clean run)" if v is None else f"{v:.2f}x"  # noqa: E731
+    model = meta.get("model", COMMON["model"])
+    marker = section_marker(model)
     lines = [
-        "<!-- cifar-study -->",
-        "## ATL vs the bank-based prior art and the fast baselines: CIFAR-10 (JPEG-lossy copy)",
+        f"<!-- {marker} -->",
+        "## ATL vs the bank-based prior art and the fast baselines: CIFAR-10 (JPEG-lossy copy)"
+        + ("" if model == COMMON["model"] else f", {model}"),
         "",
         f"**{LOSSY_LABEL}.**",
         "",
+        other_model_intro(meta) if model != COMMON["model"] else
         f"Script `benchmarks/cifar_study.py` ({meta['runs']} runs; commits {', '.join(meta['commits'])}; "
         f"{meta['machine']}). Model `small-cnn`: of the library's models it is the only one within the 20 s "
         "clean-epoch budget (a 50,000-image clean epoch takes about 3 s here on 2 idle cores; "
@@ -305,9 +359,10 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
             lines += ["l2 threat model (RobustBench's second CIFAR-10 one): every step is taken in l2 (PGD-10 AT is "
                       "PGD-l2 AT with step eps/4; ATL's drift is eta * g / ||g||_2 with eta = 1.25 eps, its noise "
                       "scaled by 1/sqrt(d)); PGD-20 and AutoAttack 'standard' in l2.", ""]
+        shared = " (shared CPU)" if model == COMMON["model"] else ""
         lines += [
                   "| method | seeds | tricks | clean % | PGD-20 % | AutoAttack % | Square drop | train s | grad evals |"
-                  " grad evals vs clean | epoch s vs clean (shared CPU) | commits |",
+                  f" grad evals vs clean | epoch s vs clean{shared} | commits |",
                   "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for label, m in methods.items():
             lines.append(
@@ -324,7 +379,7 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
         for r in sorted(sweep, key=lambda r: -(r["final"].get("autoattack_acc") or r["final"]["pgd_acc"])):
             lines.append(f"| {r['label']} | {f(r['final']['clean_acc'])} | {f(r['final']['pgd_acc'])} | "
                          f"{f(r['final'].get('autoattack_acc'))} | {f(r['square_drop'], 2)} | {r['selected_epoch']} |")
-    lines += ["", "Targets:", "", *(targets(agg) or ["- (no study runs yet)"]), "<!-- /cifar-study -->"]
+    lines += ["", "Targets:", "", *(targets(agg) or ["- (no study runs yet)"]), f"<!-- /{marker} -->"]
     return "\n".join(lines) + "\n"
 
 
@@ -353,7 +408,8 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.set_title(f"eps {threat_label(norm, eps)} (each line one seed)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("CIFAR-10 study, small CNN: " + LOSSY_LABEL, fontsize=9)
+    models = sorted({r["recipe"]["model"] for r in study})
+    fig.suptitle(f"CIFAR-10 study, {', '.join(models)}: " + LOSSY_LABEL, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -362,10 +418,15 @@ def plot(runs: list[dict], path: Path) -> None:
 def report(out: Path, args) -> dict:
     runs = load_runs(out)
     agg = aggregate(runs)
+    models = sorted({r["recipe"]["model"] for r in runs}) or [args.model]
+    if len(models) > 1:
+        raise SystemExit(f"{out} holds runs of several models ({', '.join(models)}): one model per --out")
     meta = {
         "runs": len(runs), "commits": sorted({r["commit"] for r in runs}) or [args.commit],
         "machine": ", ".join(sorted({r["machine"] for r in runs})) or "n/a", "aa_n": args.aa_n,
-        "lossy_data": True, "note": LOSSY_LABEL,
+        "lossy_data": True, "note": LOSSY_LABEL, "model": models[0],
+        "epochs": sorted({r["recipe"]["epochs"] * r["recipe"].get("replay", 1) for r in runs if r["mode"] == "study"}),
+        "eps_ramp": sorted({r["recipe"]["eps_ramp"] for r in runs if r["mode"] == "study" and r["method"] != "clean"}),
     }
     (out / "study.json").write_text(json.dumps({"meta": meta, **agg}, indent=1))
     plot(runs, out / "study.png")
@@ -373,7 +434,7 @@ def report(out: Path, args) -> dict:
     (out / "study.md").write_text(section)
     md = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")
     if md is not None:
-        replace_section(md, "cifar-study", section)
+        replace_section(md, section_marker(meta["model"]), section)
     return agg
 
 
@@ -383,7 +444,8 @@ def main(argv=None):
     p.add_argument("--eps", default="8", help="comma-separated eps values in 1/255 (l-inf) or plain (l2) (study)")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", help="';'-separated labels (study: of STUDY_METHODS; sweep: of SWEEP)")
+    p.add_argument("--methods", help="';'-separated labels (study: of STUDY_METHODS; sweep: of SWEEP), run in this "
+                   "order")
     p.add_argument("--epochs", type=int, help="override the study's 15 epochs")
     p.add_argument("--train-n", type=int, default=49000)
     p.add_argument("--val-n", type=int, default=1000)
@@ -398,7 +460,20 @@ def main(argv=None):
     p.add_argument("--benchmarks-md")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--model", default=COMMON["model"], help="the model of every run (default: the study's small-cnn; "
+                   "on a GPU preact-resnet18); another model's runs get their own keys and BENCHMARKS section")
+    p.add_argument("--eps-ramp", type=float, help="override the study's eps warm-up (5 epochs)")
+    p.add_argument("--device", default="cpu", help="cpu (the study's) or cuda")
+    p.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision of the training "
+                   "steps (evaluation stays in float32)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--stop-after", type=float, help="start no further run after this many seconds (a time-boxed "
+                   "session, e.g. a lent GPU); the runs not started are listed")
+    p.add_argument("--keep-going", action="store_true", help="a run that fails is reported (traceback on stderr) "
+                   "and the next one starts; the exit status is 1 if any failed")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch here")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.commit = git_commit()
@@ -406,6 +481,7 @@ def main(argv=None):
         args.train_n, args.val_n, args.val_aa_n, args.test_pgd_n, args.aa_n = 300, min(args.val_n, 100), 20, 20, 20
         args.epochs = args.epochs or 1
         args.seeds = args.seeds if args.seeds != "0,1,2" else "0"
+    failed: list[str] = []
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "cifar10"
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if args.val_n < 1:
@@ -434,18 +510,36 @@ def main(argv=None):
             unknown = sorted(set(keep) - set(names))
             if unknown:
                 p.error(f"unknown method labels {unknown}; known: {list(names)}")
-            plan = [row for row in plan if row[2] in keep]
+            # in the order given (a time-boxed session runs the most wanted first), eps and seeds outermost
+            plan = sorted((row for row in plan if row[2] in keep), key=lambda row: (row[1], row[5], keep.index(row[2])))
+        began, not_started = time.perf_counter(), []
         for mode, eps, label, method, changes, seed in plan:
-            path = out / "runs" / f"{run_key(mode, eps, label, seed, args.norm)}.json"
+            path = out / "runs" / f"{run_key(mode, eps, label, seed, args.norm, args.model)}.json"
             if path.is_file() and not args.force:
                 continue
+            if args.stop_after is not None and time.perf_counter() - began > args.stop_after:
+                not_started.append(path.stem)
+                continue
             start = time.perf_counter()
-            res = train_and_evaluate(mode, label, method, changes, eps, seed, data, args)
+            try:
+                res = train_and_evaluate(mode, label, method, changes, eps, seed, data, args)
+            except Exception:
+                if not args.keep_going:
+                    raise
+                traceback.print_exc()
+                failed.append(path.stem)
+                continue
             res["wall_seconds"] = time.perf_counter() - start
             at.checkpoint.atomic_write_text(json.dumps(res, indent=1), path)
             report(out, args)
+        if not_started:
+            print(f"--stop-after {args.stop_after:g} s: not started: {', '.join(not_started)}", file=sys.stderr)
+        if failed:
+            print(f"failed (see the tracebacks above): {', '.join(failed)}", file=sys.stderr)
     agg = report(out, args)
     print((out / "study.md").read_text())
+    if failed:
+        raise SystemExit(1)
     return agg
 
 
