@@ -33,7 +33,7 @@ mkdir -p "$OUT" "$STUDY" /tmp/gpu_data
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import torch, adv_transport, pyautoattack; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  (cd /tmp && python3 -c "import torch, adv_transport, pyautoattack; print('torch', torch.__version__, 'cuda', torch.version.cuda)")
   python3 .gpu/cifar10_lossy_from_jpegs.py .gpu/cifar10_jpeg_lossy.tar.xz /tmp/gpu_data
   # a smoke run of the GPU path on a tiny slice; if mixed precision fails there, the study runs in float32
   AMP=bf16
