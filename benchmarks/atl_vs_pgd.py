@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import sys
 import time
 from datetime import date
@@ -163,27 +164,35 @@ def summarise(results, dataset):
     return {"target_pgd_acc": target, "reference": REFERENCE[dataset], "rows": rows}
 
 
-def seed_runs(out: Path) -> dict[int, dict]:
-    """seed -> results.json of every finished run of this comparison: ``<out>/results.json`` and the other seeds'
-    ``<out>/seed<k>/results.json`` (see ``--seed``)."""
-    runs = {}
+def seed_runs(out: Path) -> list[dict]:
+    """The results.json of every finished run of this comparison, seed by seed: ``<out>/results.json`` (seed 0's
+    side-by-side run) and ``<out>/seed<k>[-<part>]/results.json`` (further seeds, and further methods of a seed run
+    apart: see ``--seed`` and ``--part``)."""
+    runs = []
     for path in [out / "results.json", *sorted(out.glob("seed*/results.json"))]:
         if path.is_file():
             data = json.loads(path.read_text())
             if not data.get("partial") and "meta" in data:
-                runs[data["meta"]["seed"]] = data
-    return dict(sorted(runs.items()))
+                runs.append(data)
+    return sorted(runs, key=lambda d: (d["meta"]["seed"], d["meta"].get("part") or ""))
 
 
-def across_seeds(runs: dict[int, dict]) -> dict[str, dict]:
-    """label -> per-seed and mean/std clean, PGD and AutoAttack accuracy, Square drop and epoch cost vs clean."""
+def across_seeds(runs: list[dict]) -> dict[str, dict]:
+    """label -> per-seed and mean/std clean, PGD and AutoAttack accuracy, Square drop and epoch cost vs clean (each
+    relative to the clean row of its own run). A method may come from one run per seed only."""
     import statistics
 
     table: dict[str, dict] = {}
-    for seed, data in runs.items():
+    for data in runs:
+        seed = data["meta"]["seed"]
         for row in data["summary"]["rows"]:
-            table.setdefault(row["label"], {"seeds": {}})["seeds"][seed] = row
+            seeds = table.setdefault(row["label"], {"seeds": {}})["seeds"]
+            if seed in seeds:
+                raise SystemExit(f"'{row['label']}' of seed {seed} is in two runs (parts {seeds[seed]['part']!r} and "
+                                 f"{data['meta'].get('part')!r}): remove one of them")
+            seeds[seed] = {**row, "part": data["meta"].get("part"), "commit": data["meta"]["commit"]}
     for m in table.values():
+        m["seeds"] = dict(sorted(m["seeds"].items()))
         for key in ("clean_acc", "pgd_acc", "autoattack_acc", "square_drop", "epoch_cost_vs_clean", "train_seconds"):
             xs = [r[key] for r in m["seeds"].values() if r.get(key) is not None]
             m[key + "_mean"] = statistics.fmean(xs) if xs else None
@@ -220,17 +229,21 @@ def seeds_markdown(table: dict[str, dict]) -> list[str]:
     f = lambda m, k, d=2: "n/a" if m[k + "_mean"] is None else f"{m[k + '_mean']:.{d}f} ± {m[k + '_std']:.{d}f}"  # noqa: E731
     lines = [
         "",
-        "Across seeds (each seed one side-by-side run of the methods it names, same settings; mean ± std):",
+        "Across seeds (each seed one side-by-side run of the methods it names, or more where methods were added to a "
+        "seed later with `--part`, each with its own clean run; same settings; mean ± std; epoch cost relative to "
+        "the clean epoch of the same run):",
         "",
-        "| method | seeds | clean % | PGD % | AutoAttack % | AutoAttack per seed | Square drop | epoch cost vs clean |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "| method | seeds | clean % | PGD % | AutoAttack % | AutoAttack per seed | Square drop | epoch cost vs clean |"
+        " commits |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
     for label, m in table.items():
         per_seed = ", ".join("n/a" if r["autoattack_acc"] is None else f"{r['autoattack_acc']:.1f}"
                              for r in m["seeds"].values())
         lines.append(f"| {label} | {', '.join(map(str, m['seeds']))} | {f(m, 'clean_acc')} | {f(m, 'pgd_acc')} | "
                      f"**{f(m, 'autoattack_acc')}** | {per_seed} | {f(m, 'square_drop')} | "
-                     f"{f(m, 'epoch_cost_vs_clean')}x |")
+                     f"{f(m, 'epoch_cost_vs_clean')}x | "
+                     f"{', '.join(sorted({str(r.get('commit')) for r in m['seeds'].values()}))} |")
     return lines
 
 
@@ -422,6 +435,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0,
                    help="0: the side-by-side comparison, <out>/results.json; k > 0: a further seed of any subset of "
                    "the methods, <out>/seed<k>/results.json, reported as mean +- std beside it")
+    p.add_argument("--part", help="more methods of a seed, run apart from its first run: "
+                   "<out>/seed<k>-<PART>/results.json, its rows joined to that seed's (each method in one run per "
+                   "seed; put 'clean' in it too for the epoch cost)")
     p.add_argument("--reference-from", help="a results.json of an earlier run whose reference method (PGD-40 AT / "
                    "PGD-10 AT, same recipe) is reused instead of retrained; the report says so")
     p.add_argument("--close-partial", metavar="COMMIT", help="finish the report of an interrupted run from the "
@@ -477,10 +493,13 @@ def main(argv=None):
         reused[ref_label] = {**res, "reused_from": f"{args.reference_from} (commit {prev['meta']['commit']}, "
                                                   f"AutoAttack on {prev['meta']['aa_n']} images)"}
         methods = {k: v for k, v in methods.items() if k != ref_label}
-    if args.seed == 0 and (REFERENCE[args.dataset] not in {**methods, **reused} or "ATL T=1" not in methods):
+    if args.part is not None and not re.fullmatch(r"[A-Za-z0-9_]+", args.part):
+        p.error(f"--part {args.part!r}: letters, digits and '_' only (it names a folder)")
+    if args.seed == 0 and not args.part and (REFERENCE[args.dataset] not in {**methods, **reused}
+                                             or "ATL T=1" not in methods):
         p.error(f"the comparison (seed 0) needs '{REFERENCE[args.dataset]}' and 'ATL T=1'; other seeds may run any "
                 "subset, recorded beside it")
-    run_dir = out if args.seed == 0 else out / f"seed{args.seed}"
+    run_dir = out / f"seed{args.seed}-{args.part}" if args.part else out if args.seed == 0 else out / f"seed{args.seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     results, stopped_before = {}, []
     if args.close_partial:  # an interrupted run: report the methods it finished, name the ones it did not reach
@@ -513,6 +532,7 @@ def main(argv=None):
         "eps": threat.eps,
         "train_n": len(train),
         "seed": args.seed,
+        "part": args.part,
         "pgd_steps": steps,
         "pgd_step_size": step_size,
         "eval_n": min(args.eval_n, len(test)),
@@ -539,10 +559,10 @@ def publish(out: Path, args):
     """Rebuild the plot, ``summary.md`` and the BENCHMARKS.md section from ``<out>/results.json`` (the side-by-side
     run at seed 0) and the other seeds' runs beside it; returns seed 0's summary (None before it exists)."""
     runs = seed_runs(out)
-    if 0 not in runs:
+    base = next((d for d in runs if d["meta"]["seed"] == 0 and not d["meta"].get("part")), None)
+    if base is None:
         print(f"no finished seed-0 comparison in {out}: the seeds table waits for it", file=sys.stderr)
         return None
-    base = runs[0]
     meta, results = base["meta"], base["results"]
     summary = summarise(results, args.dataset)  # recomputed: a report follows today's reading of the saved runs
     title = f"{args.dataset}: adversarial test error (PGD-{meta['pgd_steps']}) vs training time"
