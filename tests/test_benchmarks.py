@@ -83,6 +83,19 @@ def test_atl_vs_pgd_further_seeds_are_recorded_beside_seed_0_and_averaged(mnist_
     saved = json.loads((out2 / "results.json").read_text())
     assert "reused_from" in saved["results"]["PGD-40 AT"] and "not retrained in this run" in md.read_text()
     bench.main([*common, "--report"])
+    # more methods of a seed, run apart (--part), each part with its own clean run (the unit of its epoch costs):
+    # joined to that seed's rows; a method twice for one seed is refused
+    bench.main([*common, "--seed", "1", "--part", "b", "--methods", "clean,N-FGSM"])
+    assert (out / "seed1-b" / "results.json").is_file()
+    table = bench.across_seeds(bench.seed_runs(out))
+    assert set(table["N-FGSM"]["seeds"]) == {1} and table["N-FGSM"]["seeds"][1]["part"] == "b"
+    assert table["N-FGSM"]["seeds"][1]["epoch_cost_vs_clean"] is not None
+    assert table["clean"]["seeds"][1]["part"] is None and set(table["ATL T=1"]["seeds"]) == {0, 1}
+    with pytest.raises(SystemExit, match="in two runs"):
+        bench.main([*common, "--seed", "1", "--part", "c", "--methods", "clean,N-FGSM"])
+    (out / "seed1-c" / "results.json").unlink()
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--seed", "1", "--part", "../x", "--methods", "clean"])
     # an interrupted run is closed from the methods it finished; the missing ones are named
     data = json.loads((out / "results.json").read_text())
     out3 = tmp_path / "out3"
@@ -231,6 +244,65 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert sweep["eps"] == {}
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "sw" / "runs").glob("*.json")]
     assert run["final_on"] == "validation" and all("pgd_acc" not in h for h in run["history"])
+
+
+def test_cifar_study_other_model_fast_path_order_time_box_and_failures(tmp_path, monkeypatch, capsys):
+    """The options of a GPU session, exercised on the CPU: another model (own run keys and BENCHMARKS section), the
+    Runtime path (bf16 autocast, channels-last), runs in the --methods order, --stop-after and --keep-going."""
+    study = load("cifar_study")
+    data = write_synthetic_cifar(tmp_path / "data")
+    md, out = tmp_path / "BENCH.md", tmp_path / "out"
+    common = ["study", "--quick", "--data-dir", str(data), "--benchmarks-md", str(md), "--no-progress",
+              "--val-n", "100", "--no-autoattack", "--model", "wrn-10-1", "--eps-ramp", "0.5"]
+    agg = study.main([*common, "--out", str(out), "--amp", "bf16", "--channels-last", "--methods", "FGSM-RS;ATL"])
+    assert list(agg["eps"]["8/255"]) == ["ATL", "FGSM-RS"]  # the report keeps the study's order
+    runs = {p.stem: json.loads(p.read_text()) for p in (out / "runs").glob("*.json")}
+    assert set(runs) == {"study-wrn_10_1-eps8-FGSM_RS-seed0", "study-wrn_10_1-eps8-ATL-seed0"}
+    fgsm, atl = runs["study-wrn_10_1-eps8-FGSM_RS-seed0"], runs["study-wrn_10_1-eps8-ATL-seed0"]
+    assert fgsm["recipe"]["model"] == "wrn-10-1" and fgsm["recipe"]["eps_ramp"] == 0.5
+    # run in the order given: FGSM-RS first (every run's date is the same day, so compare the files' times)
+    stamps = {k: (out / "runs" / f"{k}.json").stat().st_mtime_ns for k in runs}
+    assert stamps["study-wrn_10_1-eps8-FGSM_RS-seed0"] < stamps["study-wrn_10_1-eps8-ATL-seed0"]
+    assert atl["history"][-1]["input_grad_evals"] > 0
+    text = md.read_text()
+    assert "<!-- cifar-study-wrn-10-1 -->" in text and "<!-- cifar-study -->" not in text
+    assert "`benchmarks/cifar_study.py --model wrn-10-1`" in text and "eps warm-up over 0.5 epochs" in text
+    # --stop-after: no run starts once the time is up; the ones left are named
+    capsys.readouterr()
+    study.main([*common, "--out", str(tmp_path / "o2"), "--methods", "ATL", "--stop-after", "0"])
+    assert not list((tmp_path / "o2" / "runs").glob("*.json"))
+    assert "not started: study-wrn_10_1-eps8-ATL-seed0" in capsys.readouterr().err
+    # --keep-going: a failing run is reported, the next one runs, the exit status says so
+    real = study.train_and_evaluate
+
+    def failing(mode, label, *a):
+        if label == "N-FGSM":
+            raise RuntimeError("planted failure")
+        return real(mode, label, *a)
+
+    monkeypatch.setattr(study, "train_and_evaluate", failing)
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        study.main([*common, "--out", str(tmp_path / "o3"), "--methods", "N-FGSM;FGSM-RS", "--keep-going"])
+    assert exit_info.value.code == 1
+    assert [p.stem for p in (tmp_path / "o3" / "runs").glob("*.json")] == ["study-wrn_10_1-eps8-FGSM_RS-seed0"]
+    err = capsys.readouterr().err
+    assert "planted failure" in err and "failed (see the tracebacks above): study-wrn_10_1-eps8-N_FGSM-seed0" in err
+    with pytest.raises(RuntimeError, match="planted"):  # without --keep-going the failure stops the study
+        study.main([*common, "--out", str(tmp_path / "o4"), "--methods", "N-FGSM"])
+
+
+def test_git_commit_label_of_a_copy_without_git(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("ADV_TRANSPORT_COMMIT", "abc1234")
+    assert bench_common.git_commit() == "abc1234"
+    monkeypatch.delenv("ADV_TRANSPORT_COMMIT")
+    assert bench_common.git_commit() != "abc1234"
 
 
 def test_cpu_model_choice_times_each_candidate_against_small_cnn(tmp_path):
