@@ -1,5 +1,9 @@
 """Training cost per batch of clean training, ATL T=1, free ATL and FGSM-RS, timed side by side.
 
+Where free ATL's cost above a clean step goes is split by one more row, ``clean+input-grad``: a clean step whose
+backward also computes the gradient at the input (as free ATL's does), without the bank or the chain's step; the rest
+of free ATL's excess is the bank's read and write and the chain's move.
+
 Wall-clock ratios taken from separate runs are not valid on a shared CPU; this script interleaves the methods batch by
 batch (one training step of each method in turn, on the same batch, through the trainer's own step) so that whatever
 else loads the machine loads every method alike. Each method is built by ``build_training`` from its recipe (MNIST:
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 
 import adv_transport as at
+from adv_transport.methods import Clean
 from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
@@ -31,7 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import git_commit  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("clean", "atl", "free-atl", "fgsm-rs")
+METHODS = ("clean", "clean+input-grad", "atl", "free-atl", "fgsm-rs")
+
+
+class CleanWithInputGrad(Clean):
+    """A clean step whose backward also yields the input gradient (then dropped): free ATL's pass without its bank."""
+
+    name = "clean+input-grad"
+    wants_input_grad = True
+
+    def receive_input_grad(self, grad):
+        pass
 SETTINGS = {"mnist": {}, "cifar10": {"model": "small-cnn", "lr": 0.05, "eps_ramp": 0}}
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
@@ -43,9 +58,11 @@ def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128)
                              torch.randint(0, 10, (n,), generator=g), dataset)
     trainers = {}
     for m in METHODS:
-        r = recipe(m, dataset).replace(**SETTINGS[dataset]).replace(epochs=rounds + 1, batch_size=batch_size,
-                                                                    select="last", early_stop_drop=None)
+        r = recipe("clean" if m == "clean+input-grad" else m, dataset).replace(**SETTINGS[dataset])
+        r = r.replace(epochs=rounds + 1, batch_size=batch_size, select="last", early_stop_drop=None)
         trainers[m], loader = build_training(r, data, None, seed=0, progress=False)
+        if m == "clean+input-grad":
+            trainers[m].method = CleanWithInputGrad()
     fixed = [tuple(b) for b in loader]
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     for rnd in range(rounds + 1):  # round 0 warms up

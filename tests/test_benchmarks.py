@@ -317,6 +317,24 @@ def test_epoch_cost_interleaves_the_methods_and_reports_ratios_to_clean(tmp_path
     rows = load("epoch_cost").main(["--datasets", "mnist", "--batches", "2", "--rounds", "1",
                                     "--out", str(tmp_path / "ec")])
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"clean", "atl", "free-atl", "fgsm-rs"} and by["clean"]["vs_clean"] == 1.0
+    assert set(by) == {"clean", "clean+input-grad", "atl", "free-atl", "fgsm-rs"} and by["clean"]["vs_clean"] == 1.0
     assert all(r["seconds_per_round"] > 0 for r in rows)
     assert "| mnist | free-atl |" in (tmp_path / "ec.md").read_text()
+
+
+def test_epoch_cost_clean_with_input_grad_row_takes_the_input_gradient_of_a_clean_step():
+    import adv_transport as at
+    from adv_transport.recipes import recipe
+    from adv_transport.training import build_training
+
+    ec = load("epoch_cost")
+    g = torch.Generator().manual_seed(0)
+    data = at.IndexedDataset(torch.randint(0, 256, (16, 1, 28, 28), generator=g, dtype=torch.uint8),
+                             torch.randint(0, 10, (16,), generator=g), "mnist")
+    trainer, batches = build_training(recipe("clean", "mnist").replace(batch_size=16, epochs=1), data, None)
+    method, got = ec.CleanWithInputGrad(), []
+    method.receive_input_grad = got.append
+    trainer.method = method
+    x, y, idx = next(iter(batches))
+    trainer._train_step(x, y, idx, 0.0)
+    assert got[0].shape == x.shape and got[0].abs().sum() > 0
