@@ -73,7 +73,16 @@ def test_atl_vs_pgd_further_seeds_are_recorded_beside_seed_0_and_averaged(mnist_
     accs = [r["autoattack_acc"] for r in table["Free ATL"]["seeds"].values()]
     assert abs(table["Free ATL"]["autoattack_acc_mean"] - sum(accs) / 2) < 1e-9
     text = md.read_text()
-    assert "Across seeds" in text and "Free ATL epoch cost" in text and "within 2 points" in text
+    assert "Across seeds" in text and "Free ATL cost per pass over the data" in text and "within 2 points" in text
+    free = table["Free ATL"]["seeds"][0]
+    assert free["pass_cost_vs_clean"] == free["epoch_cost_vs_clean"]  # no replay: a pass is an epoch
+    # a replayed epoch visits each batch `replay` times: its cost per pass is its epoch cost / replay
+    hist = lambda s: [{"epoch_seconds": s, "clean_acc": 90.0, "pgd_acc": 50.0, "train_seconds": s,  # noqa: E731
+                       "input_grad_evals": 1, "param_grad_evals": 1}]
+    rows = bench.summarise({"clean": {"history": hist(2.0), "final": {}},
+                            "Free ATL (replay 4)": {"recipe": {"replay": 4}, "history": hist(10.0), "final": {}}},
+                           "mnist")["rows"]
+    assert rows[1]["epoch_cost_vs_clean"] == 5.0 and rows[1]["pass_cost_vs_clean"] == 1.25
     # the reference may be reused from an earlier run of the same recipe (not retrained; the report says so)
     out2 = tmp_path / "out2"
     i = common.index("--out")
