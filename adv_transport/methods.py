@@ -201,15 +201,19 @@ class NFGSM(_Attacked):
             return fgsm(model, x, y, threat, self.step_size * scale, start=x_start, project=False)
 
 
-def _anchored_gradient(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits at ``x_adv`` with their graph kept (the anchor of the output-consistency term) and the input
-    gradient of the summed cross-entropy there, from one forward and one backward pass. The model's mode is the
+def _anchored_gradient(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, keep_graph: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits at ``x_adv`` (the anchor of the output-consistency term) and the input gradient of the summed
+    cross-entropy there, from one forward and one backward pass. ``keep_graph``: the logits keep their graph (the
+    term's gradient flows through them); else they are detached and the graph is freed. The model's mode is the
     caller's."""
     x0 = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x0)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, retain_graph=True)
-    return as_training_logits(model, logits), grad  # the loss term sees unscaled gradients (fp16 inner views)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, retain_graph=keep_graph)
+    logits = as_training_logits(model, logits)  # the loss term sees unscaled gradients (fp16 inner views)
+    return (logits if keep_graph else logits.detach()), grad
 
 
 class _Stored:
@@ -259,6 +263,8 @@ class ATL(_Stored, InnerStep):
             - f(x + delta_old))**2)`` on the logits, gradients through both (FGSM-PGI's regulariser). The logits at
             the stored sample come from the chain's first input-gradient pass, so the term costs one more backward
             through that pass and no forward (0 = off).
+        consistency_detached: the stored sample's logits are a constant target (no gradient through them): the term
+            then costs no pass at all, and ATL T=1 stays at two passes per example.
     """
 
     name = "atl"
@@ -271,6 +277,7 @@ class ATL(_Stored, InnerStep):
         reset_every: int = 0,
         *,
         consistency: float = 0.0,
+        consistency_detached: bool = False,
     ):
         if not (math.isfinite(consistency) and consistency >= 0):
             raise ConfigError(f"consistency must be a finite number >= 0, got {consistency!r}")
@@ -285,7 +292,8 @@ class ATL(_Stored, InnerStep):
         self.eps_ramp = _check_ramp(eps_ramp)
         self.reset_every = int(reset_every)
         self.consistency = float(consistency)
-        self.extra_param_passes = 1 if self.consistency > 0 else 0
+        self.consistency_detached = bool(consistency_detached)
+        self.extra_param_passes = 1 if self.consistency > 0 and not self.consistency_detached else 0
         self._cycle = 0  # index of the reset period the bank's contents belong to
         self._pending = None
         self._anchor = None
@@ -314,7 +322,7 @@ class ATL(_Stored, InnerStep):
         if self.consistency > 0:  # the first step by hand, keeping the logits at the stored sample and their graph
             x = x.detach()
             with model_mode(model, self.sampler.model_mode):
-                self._anchor, grad = _anchored_gradient(model, x + delta, y)
+                self._anchor, grad = _anchored_gradient(model, x + delta, y, not self.consistency_detached)
                 delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
                 for _ in range(self.sampler.steps - 1):
                     delta = self.sampler.step(model, x, y, delta, t, generator=noise, threat=threat)
@@ -349,6 +357,7 @@ class ATL(_Stored, InnerStep):
             "eps_ramp_epochs": self.eps_ramp,
             "reset_every": self.reset_every,
             "consistency": self.consistency,
+            "consistency_detached": self.consistency_detached,
             "bank": self.bank.metadata(),
             "bank_bytes": self.bank.memory_bytes,
         }

@@ -87,6 +87,9 @@ class Recipe:
     consistency: float = _setting(
         0.0, "ATL: weight of the output consistency between the chain's new and stored sample (FGSM-PGI's term)"
     )
+    consistency_detached: bool = _setting(
+        False, "ATL: the stored sample's logits are a constant target (no gradient through them, no extra pass)"
+    )
     # tricks available to every method (all off by default)
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
     loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)
@@ -145,7 +148,7 @@ class Recipe:
         if self.early_stop_drop is not None:
             out.append(f"early stop (drop > {self.early_stop_drop:g})")
         if self.consistency > 0:
-            out.append(f"consistency {self.consistency:g}")
+            out.append(f"consistency {self.consistency:g}" + (" (detached)" if self.consistency_detached else ""))
         if self.replay > 1:
             out.append(f"replay x{self.replay}")
         return out

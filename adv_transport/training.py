@@ -24,6 +24,9 @@ def build_method(
     if r.consistency and r.method != "atl":
         raise ConfigError(f"consistency is an ATL option (its chain's first pass gives the anchor logits); "
                           f"{r.method!r} has none (FGSM-PGI has its own: pgi_lam)")
+    if r.consistency_detached and not (r.method == "atl" and r.consistency > 0):
+        raise ConfigError("consistency_detached changes ATL's consistency term: it needs method 'atl' and "
+                          f"consistency > 0, got method {r.method!r}, consistency {r.consistency!r}")
     if r.method == "clean":
         return Clean()
     if r.method == "pgd":
@@ -52,7 +55,8 @@ def build_method(
         sampler = LangevinSampler(threat, r.eta or threat.eps / 10, r.noise_scale, r.steps or 1, r.noise, r.model_mode)
         if r.method == "free-atl":
             return FreeATL(bank, sampler, r.eps_ramp, r.reset_every or 0)
-        return ATL(bank, sampler, r.eps_ramp, r.reset_every or 0, consistency=r.consistency)
+        return ATL(bank, sampler, r.eps_ramp, r.reset_every or 0, consistency=r.consistency,
+                   consistency_detached=r.consistency_detached)
     raise ConfigError(f"unknown method {r.method!r}; accepted: {', '.join(METHODS)}")
 
 

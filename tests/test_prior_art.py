@@ -199,3 +199,40 @@ def test_atl_consistency_term_uses_the_chains_first_pass_and_is_counted():
         ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t), consistency=-1.0)
     r = recipe("atl", "cifar10").replace(consistency=10.0)
     assert build_method(r, 8, (3, 32, 32)).consistency == 10.0 and "consistency 10" in r.tricks()
+
+
+def test_atl_detached_consistency_has_the_same_value_no_gradient_through_the_anchor_and_no_extra_pass():
+    t = ThreatModel("linf", 0.3)
+    start = t.uniform(X)
+    atls = []
+    for detached in (False, True):
+        bank = AdversarialBank(8, (1, 2, 2), t)
+        bank.write(IDX, torch.zeros(8, dtype=torch.long), start, X)
+        atls.append(ATL(bank, LangevinSampler(t, eta=0.1, noise_scale=0.0), consistency=10.0,
+                        consistency_detached=detached))
+    grads = []
+    for atl in atls:
+        model = Linear2(W)
+        x_tr = atl.perturb(model, X, Y, IDX, 0.0)
+        reg = atl.regularizer(model(x_tr), Y)
+        reg.backward()
+        grads.append((x_tr, reg.detach(), model.w.grad.clone()))
+    (x_a, reg_a, g_a), (x_d, reg_d, g_d) = grads
+    assert torch.equal(x_a, x_d) and torch.allclose(reg_a, reg_d) and reg_d > 0  # same chain step, same value
+    # the gradient of lam * mean((f(x_tr) - c)^2) with c constant: only through the new sample's logits
+    model = Linear2(W)
+    anchor = model(X + start).detach()
+    (10.0 * ((model(x_d) - anchor) ** 2).mean()).backward()
+    assert torch.allclose(g_d, model.w.grad) and not torch.allclose(g_a, g_d)
+    assert atls[0].extra_param_passes == 1 and atls[1].extra_param_passes == 0
+    data = synthetic_dataset(16, shape=(1, 2, 2), classes=2)
+    model = Linear2(W)
+    bank = AdversarialBank(16, (1, 2, 2), t)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), ATL(
+        bank, LangevinSampler(t, eta=0.1), consistency=10.0, consistency_detached=True), progress=False)
+    trainer.fit(IndexedBatches(data, 8), epochs=1)
+    assert trainer.counts == {"input_grad_evals": 16, "param_grad_evals": 16, "examples": 16}  # ATL T=1's two passes
+    r = recipe("atl", "cifar10").replace(consistency=10.0, consistency_detached=True)
+    assert build_method(r, 8, (3, 32, 32)).extra_param_passes == 0 and "consistency 10 (detached)" in r.tricks()
+    with pytest.raises(ConfigError, match="consistency > 0"):
+        build_method(r.replace(consistency=0.0), 8, (3, 32, 32))
