@@ -98,9 +98,9 @@ SWEEP = {
     "eta 1.25 eps, s 0.1": {"eta": 1.25 * EPS8, "noise_scale": 0.1},
     # third round: the consistency term with a constant anchor (no gradient through the stored sample's logits, so
     # no third pass: ATL T=1 at two passes per example, 0.18x PGD-10 AT's)
-    "eta 1.25 eps, s 0.05, consistency 10 detached": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0,
+    "eta 1.25 eps, s 0.05, consistency 1 detached": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 1.0,
                                                       "consistency_detached": True},
-    "eta 1.25 eps, s 0.05, consistency 20 detached": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 20.0,
+    "eta 1.25 eps, s 0.05, consistency 3 detached": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 3.0,
                                                       "consistency_detached": True},
 }
 
@@ -126,11 +126,15 @@ def threat_label(norm: str, eps: float) -> str:
     return f"{round(eps * 255)}/255" if norm == "linf" else f"l2 {eps:g}"
 
 
+def _slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than letters, digits and dots become one '_'."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
+
+
 def run_key(mode: str, eps: float, label: str, seed: int, norm: str = "linf", model: str = "small-cnn") -> str:
-    slug = re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_")
     eps_part = f"eps{round(eps * 255)}" if norm == "linf" else f"l2eps{eps:g}"
-    model_part = "" if model == COMMON["model"] else f"-{re.sub(r'[^A-Za-z0-9.]+', '_', model)}"
-    return f"{mode}{model_part}-{eps_part}-{slug}-seed{seed}"
+    model_part = "" if model == COMMON["model"] else f"-{_slug(model)}"
+    return f"{mode}{model_part}-{eps_part}-{_slug(label)}-seed{seed}"
 
 
 def common_settings(args) -> dict:
