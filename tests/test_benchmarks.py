@@ -326,9 +326,13 @@ def test_epoch_cost_interleaves_the_methods_and_reports_ratios_to_clean(tmp_path
     rows = load("epoch_cost").main(["--datasets", "mnist", "--batches", "2", "--rounds", "1",
                                     "--out", str(tmp_path / "ec")])
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"clean", "clean+input-grad", "atl", "free-atl", "fgsm-rs"} and by["clean"]["vs_clean"] == 1.0
+    assert set(by) == {"clean", "clean+input-grad", "atl", "free-atl", "fgsm-rs", "pgd"}
+    assert by["clean"]["vs_clean"] == 1.0 and by["pgd"]["vs_pgd"] == 1.0
     assert all(r["seconds_per_round"] > 0 for r in rows)
-    assert "| mnist | free-atl |" in (tmp_path / "ec.md").read_text()
+    assert abs(by["atl"]["vs_pgd"] - by["atl"]["seconds_per_round"] / by["pgd"]["seconds_per_round"]) < 1e-12
+    assert by["pgd"]["vs_clean"] > by["atl"]["vs_clean"]  # 41 passes against ATL's 3
+    text = (tmp_path / "ec.md").read_text()
+    assert "| mnist | free-atl |" in text and "| mnist | pgd (PGD-40 AT) |" in text
 
 
 def test_epoch_cost_clean_with_input_grad_row_takes_the_input_gradient_of_a_clean_step():
