@@ -102,6 +102,7 @@ SWEEP = {
                                                       "consistency_detached": True},
     "eta 1.25 eps, s 0.05, consistency 3 detached": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 3.0,
                                                       "consistency_detached": True},
+    "eta 1.25 eps, s 0.05, consistency 20": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 20.0},
 }
 
 
