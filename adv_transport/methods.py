@@ -264,7 +264,9 @@ class ATL(_Stored, InnerStep):
             the stored sample come from the chain's first input-gradient pass, so the term costs one more backward
             through that pass and no forward (0 = off).
         consistency_detached: the stored sample's logits are a constant target (no gradient through them): the term
-            then costs no pass at all, and ATL T=1 stays at two passes per example.
+            then costs no pass at all, and ATL T=1 stays at two passes per example. Its gradient no longer cancels
+            between the two samples; in the CIFAR-10 study's sweep it broke training (weight 10: non-finite loss in
+            the first epoch; weight 1: down to chance in epochs 5-8), so it is off by default.
     """
 
     name = "atl"
