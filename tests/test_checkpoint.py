@@ -205,7 +205,7 @@ def test_a_checkpoint_from_before_a_recipe_field_existed_still_resumes(mnist_dir
     before = ("--consistency", "0")
     assert _train(mnist_dir, out, *before) == 0
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    for field in ("consistency", "replay", "ema_decay"):  # fields added after 0.1.0: absent from older checkpoints
+    for field in ("consistency", "consistency_detached", "replay", "ema_decay"):  # added after 0.1.0: absent before
         del state["config"]["recipe"][field]
     torch.save(state, out / "checkpoint.pt")
     assert _train(mnist_dir, out, "--resume", *before) == 0  # the settings check reads a missing field as its default
