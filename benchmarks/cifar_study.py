@@ -65,6 +65,10 @@ COMMON = dict(model="small-cnn", epochs=15, lr=0.05, eps_ramp=5, select="best")
 STUDY_METHODS = {
     "clean": ("clean", {"eps_ramp": 0}),
     "ATL": ("atl", {}),
+    # ATL within the budget of the target "PGD-10 AT - 1 point at <= 1/4 of its training time": 15 epochs of ATL cost
+    # 0.27x PGD-10 AT's gradient evaluations (0.26x its wall-clock per batch, benchmarks/epoch_cost.py); 13 epochs
+    # cost 13 * 3 / (15 * 11) = 0.236x (the epoch count follows from the budget, it was not tuned)
+    "ATL (13 epochs)": ("atl", {"epochs": 13}),
     "FGSM-RS": ("fgsm-rs", {"early_stop_drop": 20.0}),  # Wong et al. 2020's early stopping
     "N-FGSM": ("n-fgsm", {}),
     "FGSM-PGI": ("fgsm-pgi", {}),
@@ -274,15 +278,16 @@ def targets(agg: dict) -> list[str]:
             lines.append(f"- **{'Met' if ok else 'Not met'}** (eps 8/255): ATL AutoAttack {fmt(aa(atl))} % (mean of "
                          f"{atl['n_seeds']} seeds) vs the best single-step method, {best}, {fmt(single[best])} % "
                          f"(mean of {e8[best]['n_seeds']}) + 1 point.")
-        pgd = e8.get("PGD-10 AT")
-        if aa(pgd) is not None:
-            ok_acc = aa(atl) >= aa(pgd) - 1
-            ratio = atl["train_seconds_mean"] / pgd["train_seconds_mean"]
-            gratio = atl["grad_evals_mean"] / pgd["grad_evals_mean"]
-            lines.append(f"- **{'Met' if ok_acc and gratio <= 0.25 else 'Not met'}** (eps 8/255): ATL {fmt(aa(atl))} %"
-                         f" vs PGD-10 AT {fmt(aa(pgd))} % - 1 point (mean of {pgd['n_seeds']} seeds), at {gratio:.2f}x "
-                         f"its training cost in gradient evaluations (target <= 0.25x; wall-clock {ratio:.2f}x, on a "
-                         "shared CPU).")
+    pgd = e8.get("PGD-10 AT")
+    for label, m in e8.items():  # ATL and its budgeted rows ("ATL (13 epochs)") against PGD-10 AT
+        if (label == "ATL" or label.startswith("ATL (")) and aa(m) is not None and aa(pgd) is not None:
+            ok_acc = aa(m) >= aa(pgd) - 1
+            ratio = m["train_seconds_mean"] / pgd["train_seconds_mean"]
+            gratio = m["grad_evals_mean"] / pgd["grad_evals_mean"]
+            lines.append(f"- **{'Met' if ok_acc and gratio <= 0.25 else 'Not met'}** (eps 8/255): {label} "
+                         f"{fmt(aa(m))} % (mean of {m['n_seeds']} seeds) vs PGD-10 AT {fmt(aa(pgd))} % - 1 point "
+                         f"(mean of {pgd['n_seeds']} seeds), at {gratio:.2f}x its training cost in gradient "
+                         f"evaluations (target <= 0.25x; wall-clock {ratio:.2f}x, on a shared CPU).")
     for label, m in e8.items():  # free ATL (its own issue): AutoAttack within 2 points of ATL's at a clean run's cost
         if label.startswith("Free ATL") and aa(m) is not None and aa(e8.get("ATL")) is not None:
             gap = aa(e8["ATL"]) - aa(m)

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -246,6 +247,9 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     text = md.read_text()
     assert text.count("<!-- cifar-study -->") == 1 and "JPEG-lossy" in text and "Targets:" in text
+    pgd_targets = [line for line in text.split("Targets:")[1].splitlines() if "vs PGD-10 AT" in line]
+    labels = [re.search(r"\): (ATL.*?) [0-9.]+ %", line).group(1) for line in pgd_targets]
+    assert labels == ["ATL", "ATL (13 epochs)"]  # each ATL row gets its own line
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000
     # the sweep judges on the validation split only
     sweep = study.main(["sweep", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "sw"), "--methods",
