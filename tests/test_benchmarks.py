@@ -26,7 +26,8 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           str(mnist_dir), "--out", str(tmp_path / "out"), "--benchmarks-md", str(md),
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
-    assert labels == ["clean", "ATL T=1", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
+    assert labels == ["clean", "ATL T=1", "ATL T=1 (consistency 20)", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM",
+                      "FGSM-PGI", "ATTA", "Free ATL",
                       "Free ATL (replay 4)", "Free ATL (replay 4) with Free-AT's step"]
     assert not [label for label in bench.MNIST_METHODS if "," in label]  # --methods is comma-separated
     results = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -48,6 +49,9 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     assert rows["clean"]["epoch_cost_vs_clean"] == 1.0 and rows["ATL T=1"]["bank_bytes"] > 0
     assert all("seconds_to_target" in r for r in rows.values())
     assert (tmp_path / "out" / "robust_error_vs_time.png").stat().st_size > 1000
+    text = md.read_text()  # the MNIST targets on means over seeds, for each ATL T=1 row
+    for label in ("ATL T=1", "ATL T=1 (consistency 20)"):
+        assert f"{label} AutoAttack" in text and f"of {label}'s accuracy after the white-box attacks" in text
     text = md.read_text()
     assert "<!-- atl-vs-pgd:mnist -->" in text and "Targets:" in text
     # a second run replaces its section instead of appending another

@@ -211,4 +211,4 @@ def test_a_checkpoint_from_before_a_recipe_field_existed_still_resumes(mnist_dir
     assert _train(mnist_dir, out, "--resume", *before) == 0  # the settings check reads a missing field as its default
     assert at.load_run(out).epoch == 2
     assert _train(mnist_dir, out, "--resume", *before, "--replay", "2") == 2  # a real difference is still refused
-    assert _train(mnist_dir, out, "--resume") == 2  # so is today's default (consistency 10) against the stored 0
+    assert _train(mnist_dir, out, "--resume") == 2  # so is today's default (consistency 20) against the stored 0
