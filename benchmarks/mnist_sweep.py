@@ -99,24 +99,47 @@ def markdown(runs: list[dict], args) -> str:
         "",
         f"Script `benchmarks/mnist_sweep.py` ({len(runs)} runs; commits {', '.join(commits) or 'n/a'}; "
         f"{', '.join(machines) or 'n/a'}, while other work shared the 2 cores). `mnist-cnn`, l-inf eps = 0.3, ATL "
-        f"T = 1, seed {args.seed}, trained on the first {args.train_n} training images; "
+        f"T = 1, seed 0 unless the seed column says otherwise, trained on the first {args.train_n} training images; "
         f"judged on "
         f"the first n of the last {args.val_n} training images (never trained on; the test set is not touched): "
         "clean, PGD-40 (step 0.01) and AutoAttack 'standard'. Square drop = points Square removed after the "
         "white-box attacks. Sorted by validation AutoAttack accuracy.",
         "",
-        "| variant | tricks | epochs | val n | val clean % | val PGD-40 % | val AutoAttack % | Square drop | train s | "
-        "grad evals |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | seed | tricks | epochs | val n | val clean % | val PGD-40 % | val AutoAttack % | Square drop | "
+        "train s | grad evals |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(runs, key=lambda r: -(r["final"].get("autoattack_acc") or r["final"]["pgd_acc"])):
-        lines.append(f"| {r['label']} | {', '.join(r['tricks']) or 'none'} | {r['recipe']['epochs']} | "
+        lines.append(f"| {r['label']} | {r['seed']} | {', '.join(r['tricks']) or 'none'} | {r['recipe']['epochs']} | "
                      f"{r['final']['n_examples']} | "
                      f"{f(r['final']['clean_acc'])} | "
                      f"{f(r['final']['pgd_acc'])} | {f(r['final'].get('autoattack_acc'))} | "
                      f"{f(r['square_drop'], 2)} | {f(r['train_seconds'], 0)} | {r['grad_evals'] / 1e6:.2f} M |")
+    lines += seed_means(runs)
     lines.append("<!-- /mnist-sweep -->")
     return "\n".join(lines) + "\n"
+
+
+def seed_means(runs: list[dict]) -> list[str]:
+    """Mean ± std over seeds of each variant run on more than one seed (validation AutoAttack and Square drop)."""
+    import statistics
+
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["label"], []).append(r)
+    multi = {label: rs for label, rs in by.items() if len(rs) > 1}
+    if not multi:
+        return []
+    ms = lambda xs: f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}"  # noqa: E731
+    lines = ["", "Variants run on several seeds (mean ± std over them):", "",
+             "| variant | seeds | val AutoAttack % | Square drop |", "|---|---|---:|---:|"]
+    for label, rs in multi.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        aa = [r["final"]["autoattack_acc"] for r in rs if r["final"].get("autoattack_acc") is not None]
+        drops = [r["square_drop"] for r in rs if r["square_drop"] is not None]
+        lines.append(f"| {label} | {', '.join(str(r['seed']) for r in rs)} | {ms(aa) if len(aa) > 1 else 'n/a'} | "
+                     f"{ms(drops) if len(drops) > 1 else 'n/a'} |")
+    return lines
 
 
 def report(out: Path, args) -> str:

@@ -145,6 +145,14 @@ def test_mnist_sweep_quick_mode_judges_on_validation_and_resumes(mnist_dir, tmp_
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     text = md.read_text()
     assert text.count("<!-- mnist-sweep -->") == 1 and "consistency 10" in text
+    assert "several seeds" not in text
+    # a second seed of a variant: its own run and a mean over seeds; a variant trained in a larger ball is judged at 0.3
+    sweep.main([*args[:-4], "--variants", "consistency 10;consistency 10, 15 epochs, trained at eps 0.33", "--seed",
+                "1", "--val-aa-n", "10"])
+    wide = json.loads((out / "runs" / "sweep-consistency_10_15_epochs_trained_at_eps_0.33-seed1.json").read_text())
+    assert wide["recipe"]["eps"] == 0.33 and abs(wide["final"]["eps"] - 0.3) < 1e-9
+    text = md.read_text()
+    assert "| consistency 10 | 0, 1 |" in text and "| consistency 10 | 1 |" in text
 
 
 def test_optimizer_step_time_script_runs(tmp_path):
