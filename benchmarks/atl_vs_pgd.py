@@ -33,7 +33,7 @@ from adv_transport.recipes import Recipe, recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, replace_section, square_drop  # noqa: E402 - shared by the scripts
+from bench_common import git_commit, mean_std, replace_section, square_drop  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,6 @@ def across_seeds(runs: list[dict], dataset: str | None = None) -> dict[str, dict
     relative to the clean row of its own run). A method may come from one run per seed only; 'clean', in every run
     for that unit, is listed from the seed's first run. With ``dataset`` the rows are recomputed from the saved
     results (today's reading of them), else taken from the saved summaries."""
-    import statistics
 
     table: dict[str, dict] = {}
     for data in runs:
@@ -206,9 +205,7 @@ def across_seeds(runs: list[dict], dataset: str | None = None) -> dict[str, dict
         m["seeds"] = dict(sorted(m["seeds"].items()))
         for key in ("clean_acc", "pgd_acc", "autoattack_acc", "square_drop", "epoch_cost_vs_clean",
                     "pass_cost_vs_clean", "train_seconds"):
-            xs = [r[key] for r in m["seeds"].values() if r.get(key) is not None]
-            m[key + "_mean"] = statistics.fmean(xs) if xs else None
-            m[key + "_std"] = statistics.stdev(xs) if len(xs) > 1 else (0.0 if xs else None)
+            m[key + "_mean"], m[key + "_std"] = mean_std(r.get(key) for r in m["seeds"].values())
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,20 @@ def git_commit() -> str:
                               text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001 - a missing git only loses the label
         return "unknown"
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: runs of other characters than letters, digits and dots become one '_'."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
+
+
+def mean_std(xs) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values of ``xs`` that are not None: (None, None) without any, std 0.0
+    for a single one."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def square_drop(report: dict) -> float | None:

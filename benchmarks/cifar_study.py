@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
-import statistics
 import sys
 import time
 import traceback
@@ -47,7 +45,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, replace_section, square_drop  # noqa: E402, F401 - shared by the scripts
+from bench_common import git_commit, mean_std, replace_section, slug, square_drop  # noqa: E402, F401 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSY_LABEL = (
@@ -131,15 +129,10 @@ def threat_label(norm: str, eps: float) -> str:
     return f"{round(eps * 255)}/255" if norm == "linf" else f"l2 {eps:g}"
 
 
-def _slug(text: str) -> str:
-    """``text`` as a file-name part: runs of other characters than letters, digits and dots become one '_'."""
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
-
-
 def run_key(mode: str, eps: float, label: str, seed: int, norm: str = "linf", model: str = "small-cnn") -> str:
     eps_part = f"eps{round(eps * 255)}" if norm == "linf" else f"l2eps{eps:g}"
-    model_part = "" if model == COMMON["model"] else f"-{_slug(model)}"
-    return f"{mode}{model_part}-{eps_part}-{_slug(label)}-seed{seed}"
+    model_part = "" if model == COMMON["model"] else f"-{slug(model)}"
+    return f"{mode}{model_part}-{eps_part}-{slug(label)}-seed{seed}"
 
 
 def common_settings(args) -> dict:
@@ -208,13 +201,6 @@ def load_runs(out: Path) -> list[dict]:
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     order = {label: i for i, label in enumerate(STUDY_METHODS)}
     return sorted(runs, key=lambda r: (r["mode"], r["eps"], order.get(r["label"], 99), r["seed"]))
-
-
-def mean_std(xs):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def aggregate(runs: list[dict]) -> dict:

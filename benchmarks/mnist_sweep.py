@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import time
 from datetime import date
@@ -33,7 +32,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, replace_section, square_drop  # noqa: E402 - shared by the scripts
+from bench_common import git_commit, mean_std, replace_section, slug, square_drop  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.3
@@ -59,7 +58,7 @@ VARIANTS = {
 
 
 def run_key(label: str, seed: int) -> str:
-    return "sweep-" + re.sub(r"[^A-Za-z0-9.]+", "_", label).strip("_") + f"-seed{seed}"
+    return f"sweep-{slug(label)}-seed{seed}"
 
 
 def train_and_evaluate(label, changes, seed, train, val, args) -> dict:
@@ -122,15 +121,13 @@ def markdown(runs: list[dict], args) -> str:
 
 def seed_means(runs: list[dict]) -> list[str]:
     """Mean ± std over seeds of each variant run on more than one seed (validation AutoAttack and Square drop)."""
-    import statistics
-
     by: dict[str, list[dict]] = {}
     for r in runs:
         by.setdefault(r["label"], []).append(r)
     multi = {label: rs for label, rs in by.items() if len(rs) > 1}
     if not multi:
         return []
-    ms = lambda xs: f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}"  # noqa: E731
+    ms = lambda xs: "{:.2f} ± {:.2f}".format(*mean_std(xs))  # noqa: E731
     lines = ["", "Variants run on several seeds (mean ± std over them):", "",
              "| variant | seeds | val AutoAttack % | Square drop |", "|---|---|---:|---:|"]
     for label, rs in multi.items():
