@@ -261,7 +261,11 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert text.count("<!-- cifar-study -->") == 1 and "JPEG-lossy" in text and "Targets:" in text
     pgd_targets = [line for line in text.split("Targets:")[1].splitlines() if "vs PGD-10 AT" in line]
     labels = [re.search(r"\): (ATL.*?) [0-9.]+ %", line).group(1) for line in pgd_targets]
-    assert labels == ["ATL", "ATL (13 epochs)"]  # each ATL row gets its own line
+    assert labels == ["ATL", "ATL (13 epochs)", "ATL + EMA"]  # each ATL row gets its own line
+    # ... and its own line against the best single-step row of any tricks (rows told apart by inner step)
+    single_targets = [line for line in text.split("Targets:")[1].splitlines() if "best single-step" in line]
+    assert [re.search(r"\): (ATL.*?) AutoAttack", line).group(1) for line in single_targets] == labels
+    assert not any(f"method, {row}," in text for row in ("ATL", "PGD-10 AT", "clean", "Free ATL"))
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000
     # the sweep judges on the validation split only
     sweep = study.main(["sweep", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "sw"), "--methods",
