@@ -108,8 +108,8 @@ def markdown(runs: list[dict], args) -> str:
         "",
         f"Script `benchmarks/mnist_sweep.py` ({len(runs)} runs; commits {', '.join(commits) or 'n/a'}; "
         f"{', '.join(machines) or 'n/a'}, while other work shared the 2 cores). `mnist-cnn`, l-inf eps = 0.3, ATL "
-        f"T = 1, seed 0 unless the seed column says otherwise, trained on the first {args.train_n} training images; "
-        f"judged on "
+        f"T = 1 unless the variant says T 2, seed 0 unless the seed column says otherwise, trained on the first "
+        f"{args.train_n} training images; judged on "
         f"the first n of the last {args.val_n} training images (never trained on; the test set is not touched): "
         "clean, PGD-40 (step 0.01) and AutoAttack 'standard'. Square drop = points Square removed after the "
         "white-box attacks. Sorted by validation AutoAttack accuracy.",
