@@ -275,6 +275,30 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert run["final_on"] == "validation" and all("pgd_acc" not in h for h in run["history"])
 
 
+def test_cifar_study_targets_hold_every_atl_row_against_the_best_single_step_row_of_any_tricks():
+    """Rows are told apart by their inner step: a single-step row with a trick (FGSM-PGI + EMA) can be the best one,
+    PGD-10 AT and free ATL never are, and every ATL row gets both targets."""
+    study = load("cifar_study")
+
+    def row(method, aa, grad_evals=1.0, seconds=1.0):
+        return {"method": method, "autoattack_acc_mean": aa, "n_seeds": 3, "grad_evals_mean": grad_evals,
+                "train_seconds_mean": seconds, "seeds": {}}
+
+    agg = {"eps": {"8/255": {
+        "ATL": row("atl", 27.0, 3.0), "ATL + EMA": row("atl", 28.5, 3.0), "Free ATL": row("free-atl", 5.0),
+        "FGSM-PGI": row("fgsm-pgi", 26.0), "FGSM-PGI + EMA": row("fgsm-pgi", 27.4), "N-FGSM": row("n-fgsm", 26.5),
+        "PGD-10 AT": row("pgd", 40.0, 11.0),
+    }}}
+    lines = study.targets(agg)
+    single = [line for line in lines if "best single-step" in line]
+    assert len(single) == 2 and all("FGSM-PGI + EMA, 27.40 %" in line for line in single)
+    assert single[0].startswith("- **Not met**") and "ATL AutoAttack 27.00" in single[0]
+    assert single[1].startswith("- **Met**") and "ATL + EMA AutoAttack 28.50" in single[1]  # 28.5 >= 27.4 + 1
+    pgd = [line for line in lines if "vs PGD-10 AT" in line]
+    assert len(pgd) == 2 and all(line.startswith("- **Not met**") for line in pgd)  # 27-28.5 < 40 - 1
+    assert any(line.startswith("- **Not met**") and "Free ATL AutoAttack 5.00" in line for line in lines)
+
+
 def test_cifar_study_other_model_fast_path_order_time_box_and_failures(tmp_path, monkeypatch, capsys):
     """The options of a GPU session, exercised on the CPU: another model (own run keys and BENCHMARKS section), the
     Runtime path (bf16 autocast, channels-last), runs in the --methods order, --stop-after and --keep-going."""
