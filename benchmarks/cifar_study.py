@@ -113,6 +113,12 @@ SWEEP = {
     # = a horizon of about 1,000 steps, 2.6 of the 15 epochs' 383 batches each (fixed before the run, not tuned)
     "eta 1.25 eps, s 0.05, consistency 10, EMA 0.999": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0,
                                                         "ema_decay": 0.999},
+    # fifth round, from the issue's menu: two chain steps per visit (4 passes per example, 0.36x PGD-10 AT), and the
+    # TRADES loss (clean CE + 6 KL(clean || chain sample)) in place of the chain sample's CE
+    "eta 1.25 eps, s 0.05, consistency 10, T 2": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0,
+                                                  "steps": 2},
+    "eta 1.25 eps, s 0.05, consistency 10, TRADES beta 6": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
+                                                            "consistency": 10.0, "loss": "trades"},
 }
 
 
