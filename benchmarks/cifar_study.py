@@ -119,6 +119,12 @@ SWEEP = {
                                                   "steps": 2},
     "eta 1.25 eps, s 0.05, consistency 10, TRADES beta 6": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
                                                             "consistency": 10.0, "loss": "trades"},
+    # sixth round, the menu's K copies (each visit moves one of 2 chains per example, drawn at random) and a clean-loss
+    # weight (0.5 x the clean cross-entropy added to the chain sample's; one more pass per example)
+    "eta 1.25 eps, s 0.05, consistency 10, K 2": {"eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0,
+                                                  "copies": 2},
+    "eta 1.25 eps, s 0.05, consistency 10, clean weight 0.5": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
+                                                               "consistency": 10.0, "clean_weight": 0.5},
 }
 
 
