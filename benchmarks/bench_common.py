@@ -55,3 +55,23 @@ def replace_section(path: Path, marker: str, section: str) -> None:
     pattern = re.compile(rf"<!-- {re.escape(marker)} -->.*?<!-- /{re.escape(marker)} -->\n", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
+
+
+def seed_means(runs: list[dict]) -> list[str]:
+    """Mean ± std over seeds of each variant run on more than one seed (validation AutoAttack and Square drop)."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["label"], []).append(r)
+    multi = {label: rs for label, rs in by.items() if len(rs) > 1}
+    if not multi:
+        return []
+    ms = lambda xs: "{:.2f} ± {:.2f}".format(*mean_std(xs))  # noqa: E731
+    lines = ["", "Variants run on several seeds (mean ± std over them):", "",
+             "| variant | seeds | val AutoAttack % | Square drop |", "|---|---|---:|---:|"]
+    for label, rs in multi.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        aa = [x for x in (r["final"].get("autoattack_acc") for r in rs) if x is not None]
+        drops = [r["square_drop"] for r in rs if r["square_drop"] is not None]
+        lines.append(f"| {label} | {', '.join(str(r['seed']) for r in rs)} | {ms(aa) if len(aa) > 1 else 'n/a'} | "
+                     f"{ms(drops) if len(drops) > 1 else 'n/a'} |")
+    return lines

@@ -17,6 +17,7 @@ training seconds, gradient evaluations), ``<out>/study.png`` and a BENCHMARKS.md
 runs exist (``report`` rebuilds them without training).
 
     python benchmarks/cifar_study.py sweep  --data-dir ../shared/data
+    python benchmarks/cifar_study.py sweep  --seeds 1,2 --methods "eta 1.25 eps, s 0.05, consistency 10"  # more seeds
     python benchmarks/cifar_study.py study  --data-dir ../shared/data --eps 8,16 --seeds 0,1,2
     python benchmarks/cifar_study.py study  --methods "ATL;PGD-10 AT"       # a subset (labels separated by ';')
     python benchmarks/cifar_study.py report
@@ -45,7 +46,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, mean_std, replace_section, slug, square_drop  # noqa: E402, F401 - shared by the scripts
+from bench_common import git_commit, mean_std, replace_section, seed_means, slug, square_drop  # noqa: E402, F401 - shared
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSY_LABEL = (
@@ -126,6 +127,10 @@ SWEEP = {
     "eta 1.25 eps, s 0.05, consistency 10, clean weight 0.5": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
                                                                "consistency": 10.0, "clean_weight": 0.5},
 }
+# seventh round: the sixth round's best (K 2, 29.6 %) and the default ("eta 1.25 eps, s 0.05, consistency 10") on
+# validation seeds 1 and 2 (`sweep --seeds 1,2`). Rule fixed before the runs: K 2 goes to the 3-seed test study only if
+# its 3-seed validation mean AutoAttack is >= the default's 3-seed mean + 0.75 (the ATL rows' shortfall from their
+# target is 0.73 points)
 
 
 def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, norm: str = "linf",
@@ -397,12 +402,14 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
                 f"{', '.join(sorted({v.get('commit', '?') for v in m['seeds'].values()}))} |")
     sweep = [r for r in runs if r["mode"] == "sweep"]
     if sweep:
-        lines += ["", "### ATL sweep (eps 8/255, seed 0; judged on the validation split, test set untouched)", "",
-                  "| variant | val clean % | val PGD-20 % | val AutoAttack % | Square drop | selected epoch |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "### ATL sweep (eps 8/255, seed 0 unless the seed column says otherwise; judged on the "
+                  "validation split, test set untouched)", "",
+                  "| variant | seed | val clean % | val PGD-20 % | val AutoAttack % | Square drop | selected epoch |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(sweep, key=lambda r: -(r["final"].get("autoattack_acc") or r["final"]["pgd_acc"])):
-            lines.append(f"| {r['label']} | {f(r['final']['clean_acc'])} | {f(r['final']['pgd_acc'])} | "
+            lines.append(f"| {r['label']} | {r['seed']} | {f(r['final']['clean_acc'])} | {f(r['final']['pgd_acc'])} | "
                          f"{f(r['final'].get('autoattack_acc'))} | {f(r['square_drop'], 2)} | {r['selected_epoch']} |")
+        lines += seed_means(sweep)
     lines += ["", "Targets:", "", *(targets(agg) or ["- (no study runs yet)"]), f"<!-- /{marker} -->"]
     return "\n".join(lines) + "\n"
 
@@ -467,7 +474,7 @@ def main(argv=None):
     p.add_argument("mode", choices=("sweep", "study", "report"))
     p.add_argument("--eps", default="8", help="comma-separated eps values in 1/255 (l-inf) or plain (l2) (study)")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2 for the study, 0 for the sweep)")
     p.add_argument("--methods", help="';'-separated labels (study: of STUDY_METHODS; sweep: of SWEEP), run in this "
                    "order")
     p.add_argument("--epochs", type=int, help="override the study's 15 epochs")
@@ -504,7 +511,7 @@ def main(argv=None):
     if args.quick:
         args.train_n, args.val_n, args.val_aa_n, args.test_pgd_n, args.aa_n = 300, min(args.val_n, 100), 20, 20, 20
         args.epochs = args.epochs or 1
-        args.seeds = args.seeds if args.seeds != "0,1,2" else "0"
+        args.seeds = args.seeds or "0"
     failed: list[str] = []
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "cifar10"
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -521,11 +528,12 @@ def main(argv=None):
         test = at.load_dataset("cifar10", "test", args.data_dir)
         data = (train, val, test)
         if args.mode == "sweep":
-            plan = [("sweep", EPS8, label, "atl", ch, 0) for label, ch in SWEEP.items()]
+            seeds = [int(s) for s in (args.seeds or "0").split(",")]
+            plan = [("sweep", EPS8, label, "atl", ch, s) for s in seeds for label, ch in SWEEP.items()]
             names = SWEEP
         else:
             eps_list = [float(e) / (255 if args.norm == "linf" else 1) for e in args.eps.split(",")]
-            seeds = [int(s) for s in args.seeds.split(",")]
+            seeds = [int(s) for s in (args.seeds or "0,1,2").split(",")]
             plan = [("study", e, label, m, ch, s) for e in eps_list for s in seeds
                     for label, (m, ch) in STUDY_METHODS.items() if args.norm in NORMS_OF.get(m, ("linf", "l2"))]
             names = STUDY_METHODS

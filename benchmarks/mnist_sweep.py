@@ -32,7 +32,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, mean_std, replace_section, slug, square_drop  # noqa: E402 - shared by the scripts
+from bench_common import git_commit, replace_section, seed_means, slug, square_drop  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.3
@@ -127,26 +127,6 @@ def markdown(runs: list[dict], args) -> str:
     lines += seed_means(runs)
     lines.append("<!-- /mnist-sweep -->")
     return "\n".join(lines) + "\n"
-
-
-def seed_means(runs: list[dict]) -> list[str]:
-    """Mean ± std over seeds of each variant run on more than one seed (validation AutoAttack and Square drop)."""
-    by: dict[str, list[dict]] = {}
-    for r in runs:
-        by.setdefault(r["label"], []).append(r)
-    multi = {label: rs for label, rs in by.items() if len(rs) > 1}
-    if not multi:
-        return []
-    ms = lambda xs: "{:.2f} ± {:.2f}".format(*mean_std(xs))  # noqa: E731
-    lines = ["", "Variants run on several seeds (mean ± std over them):", "",
-             "| variant | seeds | val AutoAttack % | Square drop |", "|---|---|---:|---:|"]
-    for label, rs in multi.items():
-        rs = sorted(rs, key=lambda r: r["seed"])
-        aa = [r["final"]["autoattack_acc"] for r in rs if r["final"].get("autoattack_acc") is not None]
-        drops = [r["square_drop"] for r in rs if r["square_drop"] is not None]
-        lines.append(f"| {label} | {', '.join(str(r['seed']) for r in rs)} | {ms(aa) if len(aa) > 1 else 'n/a'} | "
-                     f"{ms(drops) if len(drops) > 1 else 'n/a'} |")
-    return lines
 
 
 def report(out: Path, args) -> str:

@@ -268,11 +268,15 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert not any(f"method, {row}," in text for row in ("ATL", "PGD-10 AT", "clean", "Free ATL"))
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000
     # the sweep judges on the validation split only
+    # (on the seeds asked for: a variant on several seeds gets its mean over them)
     sweep = study.main(["sweep", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "sw"), "--methods",
-                        "eta eps/2, s 0.05", "--val-n", "100", "--benchmarks-md", str(tmp_path / "B2.md")])
+                        "eta eps/2, s 0.05", "--seeds", "0,1", "--val-n", "100", "--benchmarks-md",
+                        str(tmp_path / "B2.md")])
     assert sweep["eps"] == {}
-    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "sw" / "runs").glob("*.json")]
-    assert run["final_on"] == "validation" and all("pgd_acc" not in h for h in run["history"])
+    sweep_runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "sw" / "runs").glob("*.json"))]
+    assert [r["seed"] for r in sweep_runs] == [0, 1]
+    assert all(r["final_on"] == "validation" and all("pgd_acc" not in h for h in r["history"]) for r in sweep_runs)
+    assert re.search(r"\| eta eps/2, s 0.05 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \|", (tmp_path / "B2.md").read_text())
 
 
 def test_cifar_study_targets_hold_every_atl_row_against_the_best_single_step_row_of_any_tricks():
