@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .accel import as_training_logits
-from .attacks import fgsm, pgd
+from .attacks import fgsm, input_gradient, pgd
 from .bank import AdversarialBank
 from .errors import ConfigError
 from .langevin import LangevinSampler
@@ -201,19 +201,32 @@ class NFGSM(_Attacked):
             return fgsm(model, x, y, threat, self.step_size * scale, start=x_start, project=False)
 
 
+CHAIN_TARGETS = ("ce", "kl")  # the loss whose input gradient drives ATL's chain
+
+
 def _anchored_gradient(
-    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, keep_graph: bool = True
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, keep_graph: bool = True,
+    clean_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The logits at ``x_adv`` (the anchor of the output-consistency term) and the input gradient of the summed
-    cross-entropy there, from one forward and one backward pass. ``keep_graph``: the logits keep their graph (the
-    term's gradient flows through them); else they are detached and the graph is freed. The model's mode is the
-    caller's."""
+    """The logits at ``x_adv`` (the anchor of the output-consistency term) and the input gradient there of the
+    summed cross-entropy, or, given ``clean_probs``, of the summed ``KL(clean_probs || softmax(logits))`` (TRADES's
+    inner loss), from one forward and one backward pass. ``keep_graph``: the logits keep their graph (the term's
+    gradient flows through them); else they are detached and the graph is freed. The model's mode is the caller's."""
     x0 = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x0)
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, retain_graph=keep_graph)
+        if clean_probs is None:
+            loss = F.cross_entropy(logits, y, reduction="sum")
+        else:
+            loss = F.kl_div(F.log_softmax(logits.float(), dim=1), clean_probs, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x0, retain_graph=keep_graph)
     logits = as_training_logits(model, logits)  # the loss term sees unscaled gradients (fp16 inner views)
     return (logits if keep_graph else logits.detach()), grad
+
+
+def _l1_normalised(g: torch.Tensor) -> torch.Tensor:
+    """``g`` divided, example by example, by its mean absolute value (MI-FGSM's and FGSM-PGI's momentum input)."""
+    return g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *([1] * (g.dim() - 1)))
 
 
 class _Stored:
@@ -267,6 +280,15 @@ class ATL(_Stored, InnerStep):
             then costs no pass at all, and ATL T=1 stays at two passes per example. Its gradient no longer cancels
             between the two samples; in the CIFAR-10 study's sweep it broke training (weight 10: non-finite loss in
             the first epoch; weight 1: down to chance in epochs 5-8), so it is off by default.
+        chain_momentum: decay ``mu`` of a per-example velocity in the chain (0 = off): at each step
+            ``v <- g / mean|g| + mu * v`` (g the input gradient, normalised example by example as in MI-FGSM and
+            FGSM-PGI) and the drift follows ``v`` in place of ``g`` (sign(v) in l-inf); the noise and the projection
+            are unchanged. The velocities are kept between visits beside the bank (one float32 tensor the size of the
+            training set, on the bank's device), forgotten with it, and saved in checkpoints. A momentum-carrying
+            (heavy-ball, "underdamped") chain; single-copy, single-process banks only.
+        chain_target: the loss whose input gradient drives the chain: ``ce`` (the cross-entropy of the label, the
+            entropic worst case's energy) or ``kl``, TRADES's inner loss ``KL(f(x) || f(x + delta))`` against the
+            clean output (one more forward pass per visit, on the clean batch, without gradient).
     """
 
     name = "atl"
@@ -280,9 +302,18 @@ class ATL(_Stored, InnerStep):
         *,
         consistency: float = 0.0,
         consistency_detached: bool = False,
+        chain_momentum: float = 0.0,
+        chain_target: str = "ce",
     ):
         if not (math.isfinite(consistency) and consistency >= 0):
             raise ConfigError(f"consistency must be a finite number >= 0, got {consistency!r}")
+        if not (math.isfinite(chain_momentum) and 0 <= chain_momentum < 1):
+            raise ConfigError(f"chain_momentum (the velocity's decay) must be in [0, 1), got {chain_momentum!r}")
+        if chain_target not in CHAIN_TARGETS:
+            raise ConfigError(f"chain_target {chain_target!r} is not accepted; accepted: {', '.join(CHAIN_TARGETS)}")
+        if chain_momentum > 0 and bank.copies != 1:
+            raise ConfigError(f"chain momentum keeps one velocity per example: it needs a bank with 1 copy, got "
+                              f"{bank.copies}")
         if bank.threat != sampler.threat:
             raise ConfigError(f"bank threat {bank.threat} and sampler threat {sampler.threat} differ")
         if int(reset_every) < 0:
@@ -296,12 +327,19 @@ class ATL(_Stored, InnerStep):
         self.consistency = float(consistency)
         self.consistency_detached = bool(consistency_detached)
         self.extra_param_passes = 1 if self.consistency > 0 and not self.consistency_detached else 0
+        self.chain_momentum = float(chain_momentum)
+        self.chain_target = chain_target
+        # the velocities of a momentum chain, on the bank's device; None without momentum
+        self.velocity = (torch.zeros((bank.num_examples,) + tuple(bank.shape), device=bank.storage.device)
+                         if self.chain_momentum > 0 else None)
         self._cycle = 0  # index of the reset period the bank's contents belong to
         self._pending = None
         self._anchor = None
 
     def _forget(self) -> None:
         self.bank.reset()
+        if self.velocity is not None:
+            self.velocity.zero_()
 
     def _read(self, idx, x):
         """Read the batch's chains; with a keyed visit (set by the trainer of a distributed run, see
@@ -321,28 +359,60 @@ class ATL(_Stored, InnerStep):
         threat = warmed_up(self.threat, t, self.eps_ramp)
         if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
             delta = threat.delta_to(x, x + delta)
-        if self.consistency > 0:  # the first step by hand, keeping the logits at the stored sample and their graph
-            x = x.detach()
+        x = x.detach()
+        velocity = None
+        if self.consistency > 0 or self.chain_momentum > 0 or self.chain_target != "ce":
+            # step by step here: the logits at the stored sample (with their graph) come from the first step, the
+            # velocity and the KL target change the gradient the sampler's drift follows
+            if self.velocity is not None:
+                velocity = self.velocity[idx.to(self.velocity.device)].to(x.device)
             with model_mode(model, self.sampler.model_mode):
-                self._anchor, grad = _anchored_gradient(model, x + delta, y, not self.consistency_detached)
-                delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
-                for _ in range(self.sampler.steps - 1):
-                    delta = self.sampler.step(model, x, y, delta, t, generator=noise, threat=threat)
+                clean_probs = None
+                if self.chain_target == "kl":
+                    with torch.no_grad():
+                        clean_probs = F.softmax(model(x).float(), dim=1)
+                for k in range(self.sampler.steps):
+                    if k == 0 and self.consistency > 0:
+                        self._anchor, grad = _anchored_gradient(model, x + delta, y, not self.consistency_detached,
+                                                                clean_probs)
+                    elif clean_probs is None:
+                        grad, _ = input_gradient(model, x + delta, y)
+                    else:
+                        _, grad = _anchored_gradient(model, x + delta, y, False, clean_probs)
+                    if velocity is not None:
+                        velocity = _l1_normalised(grad).add_(velocity, alpha=self.chain_momentum)
+                        grad = velocity.clone()
+                    delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
         else:
             delta = self.sampler.sample(model, x, y, delta, t, generator=noise, threat=threat)
-        self._pending = (idx, copy, delta, x.detach())
+        self._pending = (idx, copy, delta, x, velocity)
         return (x + delta).detach()
 
     def commit(self):
         if self._pending is not None:
-            self.bank.write(*self._pending)
+            idx, copy, delta, x, velocity = self._pending
+            self.bank.write(idx, copy, delta, x)
+            if velocity is not None:
+                self.velocity[idx.to(self.velocity.device)] = velocity.to(self.velocity.device)
             self._pending = None
 
     def state_dict(self):
-        return {"bank": self.bank.state_dict(), "cycle": self._cycle}
+        state = {"bank": self.bank.state_dict(), "cycle": self._cycle}
+        if self.velocity is not None:
+            state["velocity"] = self.velocity.clone()
+        return state
 
     def load_state_dict(self, state):
+        if self.velocity is not None:
+            if "velocity" not in state:
+                raise ConfigError("this ATL run keeps chain velocities (chain_momentum > 0) and the stored state has "
+                                  "none: it was saved by a run without chain momentum")
+            if tuple(state["velocity"].shape) != tuple(self.velocity.shape):
+                raise ConfigError(f"stored chain velocities hold {tuple(state['velocity'].shape)}, this run "
+                                  f"{tuple(self.velocity.shape)}")
         self.bank.load_state_dict(state["bank"])
+        if self.velocity is not None:
+            self.velocity.copy_(state["velocity"])
         self._cycle = int(state.get("cycle", 0))
 
     step_name = "eta"  # the recipe field of the chain's step (ATTA's is an attack step: step_size)
@@ -360,6 +430,8 @@ class ATL(_Stored, InnerStep):
             "reset_every": self.reset_every,
             "consistency": self.consistency,
             "consistency_detached": self.consistency_detached,
+            "chain_momentum": self.chain_momentum,
+            "chain_target": self.chain_target,
             "bank": self.bank.metadata(),
             "bank_bytes": self.bank.memory_bytes,
         }

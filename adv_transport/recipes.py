@@ -16,6 +16,7 @@ from typing import Any
 from .bank import DTYPES, INITS
 from .errors import ConfigError
 from .langevin import NOISES
+from .methods import CHAIN_TARGETS
 from .modes import MODEL_MODES
 from .threat import NORMS
 from .trainer import LOSSES, SELECTIONS
@@ -90,6 +91,9 @@ class Recipe:
     consistency_detached: bool = _setting(
         False, "ATL: the stored sample's logits are a constant target (no gradient through them, no extra pass)"
     )
+    chain_momentum: float = _setting(0.0, "ATL: decay of a per-example velocity in the chain (0 = off)")
+    chain_target: str = _setting("ce", "ATL: the chain's loss: ce, or kl (TRADES's KL to the clean output)",
+                                 CHAIN_TARGETS)
     # tricks available to every method (all off by default)
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
     loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)

@@ -126,6 +126,16 @@ SWEEP = {
                                                   "copies": 2},
     "eta 1.25 eps, s 0.05, consistency 10, clean weight 0.5": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
                                                                "consistency": 10.0, "clean_weight": 0.5},
+    # eighth round, the menu's last items: momentum in the chain (a per-example velocity kept between visits; decay
+    # 0.3 as FGSM-PGI's, and 0.7) and the TRADES KL to the clean output as the chain's target (one more forward pass).
+    # Rule (ad1b211's, fixed before the runs): a variant goes to the 3-seed test study only at >= 30.2 % validation
+    # AutoAttack
+    "eta 1.25 eps, s 0.05, consistency 10, chain momentum 0.3": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
+                                                                 "consistency": 10.0, "chain_momentum": 0.3},
+    "eta 1.25 eps, s 0.05, consistency 10, chain momentum 0.7": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
+                                                                 "consistency": 10.0, "chain_momentum": 0.7},
+    "eta 1.25 eps, s 0.05, consistency 10, KL chain target": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
+                                                              "consistency": 10.0, "chain_target": "kl"},
 }
 # seventh round: the sixth round's best (K 2, 29.6 %) and the default ("eta 1.25 eps, s 0.05, consistency 10") on
 # validation seeds 1 and 2 (`sweep --seeds 1,2`). Rule fixed before the runs: K 2 goes to the 3-seed test study only if

@@ -236,3 +236,84 @@ def test_atl_detached_consistency_has_the_same_value_no_gradient_through_the_anc
     assert build_method(r, 8, (3, 32, 32)).extra_param_passes == 0 and "consistency 10 (detached)" in r.tricks()
     with pytest.raises(ConfigError, match="consistency > 0"):
         build_method(r.replace(consistency=0.0), 8, (3, 32, 32))
+
+
+def test_atl_chain_momentum_drifts_along_the_velocity_and_keeps_it_between_visits():
+    t = ThreatModel("linf", 0.3)
+    model = Linear2(W)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), chain_momentum=0.5)
+
+    def normalised_grad(delta):
+        x0 = (X + delta).requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x0), Y, reduction="sum"), x0)
+        return g / g.abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+
+    # first visit from the clean point: v = g / mean|g| (no velocity yet), the drift follows sign(v) = sign(g)
+    x_tr = atl.perturb(model, X, Y, IDX, 0.0)
+    assert torch.allclose(x_tr - X, 0.1 * SIGN.expand(8, 1, 2, 2))
+    assert not atl.velocity.any()  # nothing stored before commit
+    atl.commit()
+    v1 = normalised_grad(torch.zeros_like(X))
+    assert torch.allclose(atl.velocity, v1, atol=1e-6)
+    # second visit with a stored velocity against the gradient: v = g / mean|g| + 0.5 * v_stored, and the drift
+    # follows sign(v), here -1 everywhere, where the plain chain would follow sign(g) again
+    stored = atl.bank.read(IDX, X)[0].clone()
+    atl.velocity[IDX] = -10.0
+    x_tr = atl.perturb(model, X, Y, IDX, 1.0)
+    v2 = normalised_grad(stored) - 5.0
+    assert (v2 < 0).all()
+    assert torch.allclose(x_tr - X, t.delta_to(X, X + stored + 0.1 * v2.sign()))
+    plain = t.delta_to(X, X + stored + 0.1 * SIGN.expand(8, 1, 2, 2))
+    assert not torch.allclose(x_tr - X, plain)  # the velocity changed the step
+    atl.commit()
+    assert torch.allclose(atl.velocity, v2, atol=1e-5)
+    # saved and restored with the bank; forgotten with it
+    other = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), chain_momentum=0.5)
+    other.load_state_dict(atl.state_dict())
+    assert torch.equal(other.velocity, atl.velocity)
+    with pytest.raises(ConfigError, match="velocities"):
+        other.load_state_dict(ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t)).state_dict())
+    atl._forget()
+    assert not atl.velocity.any()
+    assert atl.describe()["chain_momentum"] == 0.5
+
+
+def test_atl_chain_options_reject_bad_input_and_other_methods():
+    t = ThreatModel("linf", 0.3)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+            ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t), chain_momentum=bad)
+    with pytest.raises(ConfigError, match="1 copy"):
+        ATL(AdversarialBank(8, (1, 2, 2), t, copies=2), LangevinSampler(t), chain_momentum=0.5)
+    with pytest.raises(ConfigError, match="accepted: ce, kl"):
+        ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t), chain_target="mse")
+    with pytest.raises(ConfigError, match="ATL's chain"):
+        build_method(recipe("pgd", "cifar10").replace(chain_momentum=0.5), 8, (3, 32, 32))
+    with pytest.raises(ConfigError, match="sharded"):
+        build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5), 8, (3, 32, 32),
+                     make_bank=lambda *a, **k: AdversarialBank(*a, **k))
+    atl = build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5, chain_target="kl"), 8, (3, 32, 32))
+    assert atl.chain_momentum == 0.5 and atl.chain_target == "kl" and atl.velocity.shape == (8, 3, 32, 32)
+
+
+def test_atl_kl_chain_target_follows_the_kl_to_the_clean_output():
+    t = ThreatModel("linf", 0.3)
+    model = Linear2(W)
+    start = t.uniform(X, generator=torch.Generator().manual_seed(3))
+    steps = {}
+    for target in ("ce", "kl"):
+        bank = AdversarialBank(8, (1, 2, 2), t)
+        bank.write(IDX, torch.zeros(8, dtype=torch.long), start, X)
+        atl = ATL(bank, LangevinSampler(t, eta=0.1, noise_scale=0.0), chain_target=target)
+        steps[target] = atl.perturb(model, X, Y, IDX, 0.0) - X
+    # the KL(softmax(f(x)) || softmax(f(x + delta))) gradient at the stored sample, against the clean output
+    clean = F.softmax(model(X), dim=1).detach()
+    x0 = (X + start).requires_grad_(True)
+    (g,) = torch.autograd.grad(F.kl_div(F.log_softmax(model(x0), dim=1), clean, reduction="sum"), x0)
+    assert torch.allclose(steps["kl"], t.delta_to(X, X + start + 0.1 * g.sign()))
+    # for this linear model the KL pushes class 1's logit back towards its clean value: where the start raised it, the
+    # KL step goes against the cross-entropy's
+    assert not torch.allclose(steps["kl"], steps["ce"])
+    # from the clean point its gradient is 0: a noiseless KL chain needs a start away from x (uniform bank init)
+    atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), chain_target="kl")
+    assert torch.allclose(atl.perturb(model, X, Y, IDX, 0.0), X)
