@@ -65,8 +65,8 @@ VARIANTS = {
     "consistency 20, T 2, 12 epochs": {"eta": 0.1, "noise_scale": 0.2, "consistency": 20.0, "eps_ramp": 0,
                                        "epochs": 12, "steps": 2},
     # the default with the chain options of the CIFAR sweep's eighth round: momentum in the chain (decay 0.3, as
-    # FGSM-PGI's)
-    # and TRADES's KL to the clean output as the chain's target (TRADES's own inner loss; one more forward per visit).
+    # FGSM-PGI's) and TRADES's KL to the clean output as the chain's target (TRADES's own inner loss; one more forward
+    # pass per visit).
     # Rule fixed before the runs (76f539d's): seeds 1-2 only if seed 0 is within 1 point of 90.37 % (the best mean)
     # with a Square drop <= 1.5
     "consistency 20, 15 epochs, chain momentum 0.3": {"eta": 0.1, "noise_scale": 0.2, "consistency": 20.0,
