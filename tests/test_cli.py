@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from adv_transport.cli import main
 
@@ -31,6 +32,19 @@ def test_existing_run_is_not_overwritten_without_resume(mnist_dir, tmp_path, cap
     assert "settings differ (bank_dtype" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == before
     assert _train(mnist_dir, out, "--resume") == 0  # already finished: resumes and stops at once
+
+
+def test_train_with_chain_momentum_and_kl_target_saves_the_velocities_and_resumes(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(mnist_dir, out, "--chain-momentum", "0.3", "--chain-target", "kl") == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)["method"]
+    assert state["velocity"].shape[1:] == (1, 28, 28) and state["velocity"].abs().sum() > 0
+    assert _train(mnist_dir, out, "--resume", "--chain-momentum", "0.5", "--chain-target", "kl") == 2
+    assert "settings differ (chain_momentum" in capsys.readouterr().err
+    assert _train(mnist_dir, out, "--resume", "--chain-momentum", "0.3", "--chain-target", "kl") == 0
+    with pytest.raises(SystemExit) as e:  # argparse names the accepted targets
+        _train(mnist_dir, tmp_path / "bad", "--chain-target", "mse")
+    assert e.value.code == 2 and "choose from 'ce', 'kl'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("eps,message", [("0", "eps must be a finite number > 0"), ("8", "0 < eps < 1")])
