@@ -2,7 +2,8 @@
 
 - ``mnist-cnn``: the small MNIST CNN of Wong et al. 2020 (two stride-2 convolutions of 16 and 32 channels, a 100-unit
   hidden layer).
-- ``small-cnn``: the same architecture for any dataset (for CIFAR-10: 3 channels, 32x32), for CPU-sized comparisons.
+- ``small-cnn``: the same architecture for any dataset (for CIFAR-10: 3 channels, 32x32), for CPU-sized comparisons;
+  ``small-cnn-w<k>`` the same with k times the channels and hidden units (e.g. ``small-cnn-w2``: 32, 64, 200).
 - ``preact-resnet18``: the CIFAR PreAct-ResNet-18 (He et al. 2016) used by Wong et al. 2020 and RobustBench.
 - ``wrn-<depth>-<width>``: the WideResNet (Zagoruyko & Komodakis 2016) of TRADES, Rice et al. 2020 and RobustBench,
   e.g. ``wrn-28-10``, ``wrn-34-10``; its weights have the key names of robustbench's ``WideResNet``.
@@ -21,8 +22,20 @@ import torch.nn.functional as F
 from .data import DATASETS, DEFAULT_IMAGE_SIZE, check_dataset_name
 from .errors import ConfigError
 
-MODELS = ("mnist-cnn", "small-cnn", "preact-resnet18", "wrn-<depth>-<width>", "timm:<name>")
+MODELS = ("mnist-cnn", "small-cnn", "small-cnn-w<k>", "preact-resnet18", "wrn-<depth>-<width>", "timm:<name>")
 WRN_PATTERN = re.compile(r"^wrn-(\d+)-(\d+)$")
+SMALL_CNN_PATTERN = re.compile(r"^small-cnn(?:-w(\d+))?$")
+
+
+def small_cnn_width(name: str) -> int | None:
+    """The width multiplier of ``small-cnn`` (1) or ``small-cnn-w<k>`` (k >= 1); None for other names."""
+    m = SMALL_CNN_PATTERN.match(name) if isinstance(name, str) else None
+    if m is None:
+        return None
+    k = int(m.group(1) or 1)
+    if k < 1:
+        raise ConfigError(f"{name}: the width multiplier of small-cnn-w<k> is an integer >= 1")
+    return k
 
 
 def wrn_depth_width(name: str) -> tuple[int, int] | None:
@@ -43,7 +56,7 @@ def wrn_depth_width(name: str) -> tuple[int, int] | None:
 def check_model_name(name: str) -> str:
     """``name`` if it names one of :data:`MODELS` (``timm:<name>``: any name; timm checks it when building), else a
     :class:`ConfigError` listing them."""
-    if name in ("mnist-cnn", "small-cnn", "preact-resnet18") or wrn_depth_width(name) is not None:
+    if name in ("mnist-cnn", "preact-resnet18") or small_cnn_width(name) or wrn_depth_width(name) is not None:
         return name
     if isinstance(name, str) and name.startswith("timm:"):
         return name
@@ -64,20 +77,22 @@ class Normalized(nn.Module):
 
 
 class MnistCNN(nn.Module):
-    """Conv(16, 4x4, s2) - ReLU - Conv(32, 4x4, s2) - ReLU - FC(100) - ReLU - FC(classes)."""
+    """Conv(16, 4x4, s2) - ReLU - Conv(32, 4x4, s2) - ReLU - FC(100) - ReLU - FC(classes); ``width`` multiplies the
+    16, 32 and 100."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 1):
         super().__init__()
         side = image_size // 4
+        c1, c2, hidden = 16 * width, 32 * width, 100 * width
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 4, stride=2, padding=1),
+            nn.Conv2d(in_channels, c1, 4, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(16, 32, 4, stride=2, padding=1),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(32 * side * side, 100),
+            nn.Linear(c2 * side * side, hidden),
             nn.ReLU(),
-            nn.Linear(100, num_classes),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x):
@@ -231,8 +246,8 @@ def build_model(
         image_size = spec["shape"][-1] if spec is not None else DEFAULT_IMAGE_SIZE
     channels = len(mean)
     wrn = wrn_depth_width(name)
-    if name in ("mnist-cnn", "small-cnn"):
-        net = MnistCNN(channels, num_classes, image_size)
+    if name == "mnist-cnn" or small_cnn_width(name):
+        net = MnistCNN(channels, num_classes, image_size, width=small_cnn_width(name) or 1)
     elif name == "preact-resnet18":
         net = PreActResNet18(channels, num_classes)
     elif wrn is not None:

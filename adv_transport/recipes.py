@@ -53,8 +53,8 @@ class Recipe:
     method: str = field(metadata={"help": "inner step", "choices": METHODS, "cli": False})
     dataset: str = field(metadata={"help": "dataset name", "cli": False})
     model: str = field(
-        metadata={"help": "mnist-cnn, small-cnn, preact-resnet18, wrn-<depth>-<width> (e.g. wrn-28-10) or timm:<name>",
-                  "cli": True}
+        metadata={"help": "mnist-cnn, small-cnn, small-cnn-w<k>, preact-resnet18, wrn-<depth>-<width> (e.g. "
+                          "wrn-28-10) or timm:<name>", "cli": True}
     )
     eps: float = field(metadata={"help": "threat radius (default 0.3 for MNIST, 8/255 for CIFAR-10)", "cli": True})
     norm: str = _setting("linf", "threat norm", NORMS)

@@ -21,6 +21,8 @@ runs exist (``report`` rebuilds them without training).
     python benchmarks/cifar_study.py study  --data-dir ../shared/data --eps 8,16 --seeds 0,1,2
     python benchmarks/cifar_study.py study  --methods "ATL;PGD-10 AT"       # a subset (labels separated by ';')
     python benchmarks/cifar_study.py report
+    python benchmarks/cifar_study.py study --model small-cnn-w2 --out benchmarks/results/cifar10-small-cnn-w2 \
+        --seeds 0 --methods "ATL;FGSM-PGI;N-FGSM"      # another model: its own folder and BENCHMARKS section
     python benchmarks/cifar_study.py study --quick --out /tmp/q     # smoke test (tiny slices), under a minute
 
 The lossy copy is for relative comparisons between training methods only: never compare its numbers with published
@@ -352,8 +354,10 @@ def other_model_intro(meta: dict) -> str:
         f"{nums(meta['eps_ramp'])} epochs; training on the first 49,000 training images, the last 1,000 are the "
         "validation split. Final numbers on the first "
         f"{meta['aa_n']} class-balanced test images: PGD-20 (step eps/4) and AutoAttack 'standard' (pyautoattack, "
-        "float32), mean ± std over seeds. Seconds are training wall-clock (evaluation excluded), the methods run one "
-        "after another in one script on the otherwise idle GPU."
+        "float32), mean ± std over seeds. Seconds are training wall-clock (evaluation excluded), "
+        + ("measured on the CPU while other work shared the 2 cores (never an idle machine; one thread per run): "
+           "compare methods by gradient evaluations." if "thread" in meta["machine"] else
+           "the methods run one after another in one script on the otherwise idle GPU.")
     )
 
 

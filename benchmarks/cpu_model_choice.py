@@ -1,12 +1,13 @@
 """Which CIFAR-10 model fits the CPU study: seconds per clean training epoch of each candidate, side by side.
 
 The CIFAR study (benchmarks/cifar_study.py) needs a model that trains a clean epoch of 50,000 images in at most about
-20 s on this machine. Each candidate (ours: ``small-cnn``, WideResNets ``wrn-<depth>-<width>``, ``preact-resnet18``)
-takes SGD training steps (forward, backward, step; batch 128, 32x32x3 inputs, train mode) round-robin, one step of each
-per round after warm-up; the median step time times 391 batches is its clean-epoch estimate, also given as a ratio to
-``small-cnn`` measured in the same rounds (the ratio is what survives a shared CPU). With ``--accuracy-epochs N``
-each candidate under ``--budget`` seconds per epoch also trains clean for N epochs on the CIFAR-10 lossy copy with the
-study's settings (SGD one-cycle LR peak 0.05, crop + flip) and reports its clean test accuracy on 1,000 images.
+20 s on this machine. Each candidate (ours: ``small-cnn`` and its wider ``small-cnn-w<k>``, WideResNets
+``wrn-<depth>-<width>``, ``preact-resnet18``) takes SGD training steps (forward, backward, step; batch 128, 32x32x3
+inputs, train mode) round-robin, one step of each per round after warm-up; the median step time times 391 batches is
+its clean-epoch estimate, also given as a ratio to ``small-cnn`` measured in the same rounds (the ratio is what
+survives a shared CPU). With ``--accuracy-epochs N`` each candidate under ``--budget`` seconds per epoch also trains
+clean for N epochs on the CIFAR-10 lossy copy with the study's settings (SGD one-cycle LR peak 0.05, crop + flip) and
+reports its clean test accuracy on 1,000 images.
 
     python benchmarks/cpu_model_choice.py --threads 2        # writes benchmarks/results/cpu_model_choice.{json,md}
 """
@@ -28,7 +29,8 @@ from adv_transport.eval import evaluate
 from adv_transport.models import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
-CANDIDATES = ("small-cnn", "wrn-10-1", "wrn-16-1", "wrn-10-2", "wrn-16-2", "preact-resnet18")
+CANDIDATES = ("small-cnn", "small-cnn-w2", "small-cnn-w3", "wrn-10-1", "wrn-16-1", "wrn-10-2", "wrn-16-2",
+              "preact-resnet18")
 BATCHES_PER_EPOCH = 391  # 50,000 images in batches of 128
 
 

@@ -324,6 +324,7 @@ def test_cifar_study_other_model_fast_path_order_time_box_and_failures(tmp_path,
     text = md.read_text()
     assert "<!-- cifar-study-wrn-10-1 -->" in text and "<!-- cifar-study -->" not in text
     assert "`benchmarks/cifar_study.py --model wrn-10-1`" in text and "eps warm-up over 0.5 epochs" in text
+    assert "measured on the CPU while other work shared" in text and "idle GPU" not in text  # where it ran
     # --stop-after: no run starts once the time is up; the ones left are named
     capsys.readouterr()
     study.main([*common, "--out", str(tmp_path / "o2"), "--methods", "ATL", "--stop-after", "0"])

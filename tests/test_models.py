@@ -7,7 +7,14 @@ import torch
 
 from adv_transport.data import IndexedDataset
 from adv_transport.errors import ConfigError
-from adv_transport.models import WideResNet, build_model, check_model_name, model_for_data, wrn_depth_width
+from adv_transport.models import (
+    WideResNet,
+    build_model,
+    check_model_name,
+    model_for_data,
+    small_cnn_width,
+    wrn_depth_width,
+)
 
 
 class FakeImageNet:
@@ -88,3 +95,18 @@ def test_bad_wide_resnet_names_are_explained(name):
         build_model(name, "cifar10")
     with pytest.raises(ConfigError, match="unknown model 'wrn28'; accepted: .*wrn-<depth>-<width>"):
         check_model_name("wrn28")
+
+
+def test_wider_small_cnn_multiplies_channels_and_hidden_units_and_keeps_the_key_names():
+    base, wide = build_model("small-cnn", "cifar10"), build_model("small-cnn-w2", "cifar10")
+    assert check_model_name("small-cnn-w2") == "small-cnn-w2" and small_cnn_width("small-cnn") == 1
+    convs = [m.out_channels for m in wide.model.net if isinstance(m, torch.nn.Conv2d)]
+    linears = [m.out_features for m in wide.model.net if isinstance(m, torch.nn.Linear)]
+    assert convs == [32, 64] and linears == [200, 10] and wide.model.net[5].in_features == 64 * 8 * 8
+    assert list(wide.state_dict()) == list(base.state_dict())
+    with torch.no_grad():
+        assert wide.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="integer >= 1"):
+        build_model("small-cnn-w0", "cifar10")
+    with pytest.raises(ConfigError, match="accepted: .*small-cnn-w<k>"):
+        check_model_name("small-cnn-wide")
