@@ -47,7 +47,7 @@ MNIST_METHODS = {
     # the chain driven by TRADES's KL to the clean output (mnist_sweep: the best validation AutoAttack, 91.1 % at a
     # Square drop of 1.3 on seed 0); its test run (`--part kl`, seeds 0-2) follows only if validation seeds 1-2 keep
     # it the sweep's choice under 8db612d's rule (best mean validation AutoAttack with a mean Square drop <= 1.5)
-    "ATL T=1 (consistency 20, KL chain target)": ("atl", {"consistency": 20.0, "chain_target": "kl"}),
+    "ATL T=1 (consistency 20; KL chain target)": ("atl", {"consistency": 20.0, "chain_target": "kl"}),
     "ATL T=2": ("atl", {"steps": 2, "consistency": 10.0}),
     "PGD-40 AT": ("pgd", {}),
     "FGSM-RS": ("fgsm-rs", {}),
