@@ -400,3 +400,9 @@ def test_epoch_cost_clean_with_input_grad_row_takes_the_input_gradient_of_a_clea
     x, y, idx = next(iter(batches))
     trainer._train_step(x, y, idx, 0.0)
     assert got[0].shape == x.shape and got[0].abs().sum() > 0
+
+
+def test_atl_vs_pgd_labels_can_all_be_named_in_methods():
+    """--methods splits on commas: a label with a comma could never be run on its own."""
+    bench = load("atl_vs_pgd")
+    assert not [label for label in {**bench.MNIST_METHODS, **bench.CIFAR_METHODS} if "," in label]
