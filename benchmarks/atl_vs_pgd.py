@@ -41,14 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST_METHODS = {
     "clean": ("clean", {}),
     # consistency 10: ATL's MNIST default until the sweep of 2026-12-01 (benchmarks/mnist_sweep.py) chose 20, the
-    # next row; both are spelt out, so that each label names what its saved runs trained with
-    "ATL T=1": ("atl", {"consistency": 10.0}),
-    "ATL T=1 (consistency 20)": ("atl", {"consistency": 20.0}),
-    # the chain driven by TRADES's KL to the clean output (mnist_sweep: the best validation AutoAttack, 91.1 % at a
-    # Square drop of 1.3 on seed 0); its test run (`--part kl`, seeds 0-2) follows only if validation seeds 1-2 keep
-    # it the sweep's choice under 8db612d's rule (best mean validation AutoAttack with a mean Square drop <= 1.5)
+    # next row, and then the KL chain target (the row after); each is spelt out, so that each label names what its
+    # saved runs trained with
+    "ATL T=1": ("atl", {"consistency": 10.0, "chain_target": "ce"}),
+    "ATL T=1 (consistency 20)": ("atl", {"consistency": 20.0, "chain_target": "ce"}),
+    # the chain driven by TRADES's KL to the clean output (mnist_sweep: the best validation AutoAttack, 91.0 % over
+    # seeds 0-2 at a Square drop of 1.3; ATL's MNIST default since); test runs: `--part kl`, seeds 0-2
     "ATL T=1 (consistency 20; KL chain target)": ("atl", {"consistency": 20.0, "chain_target": "kl"}),
-    "ATL T=2": ("atl", {"steps": 2, "consistency": 10.0}),
+    "ATL T=2": ("atl", {"steps": 2, "consistency": 10.0, "chain_target": "ce"}),
     "PGD-40 AT": ("pgd", {}),
     "FGSM-RS": ("fgsm-rs", {}),
     "N-FGSM": ("n-fgsm", {}),

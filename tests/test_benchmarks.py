@@ -26,10 +26,11 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           str(mnist_dir), "--out", str(tmp_path / "out"), "--benchmarks-md", str(md),
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
-    assert labels == ["clean", "ATL T=1", "ATL T=1 (consistency 20)", "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM",
-                      "FGSM-PGI", "ATTA", "Free ATL",
+    assert labels == ["clean", "ATL T=1", "ATL T=1 (consistency 20)", "ATL T=1 (consistency 20; KL chain target)",
+                      "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
                       "Free ATL (replay 4)", "Free ATL (replay 4) with Free-AT's step"]
-    assert not [label for label in bench.MNIST_METHODS if "," in label]  # --methods is comma-separated
+    # --methods is comma-separated
+    assert not [label for label in {**bench.MNIST_METHODS, **bench.CIFAR_METHODS} if "," in label]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["meta"]["train_n"] == 200
     from adv_transport.recipes import recipe
@@ -50,7 +51,7 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     assert all("seconds_to_target" in r for r in rows.values())
     assert (tmp_path / "out" / "robust_error_vs_time.png").stat().st_size > 1000
     text = md.read_text()  # the MNIST targets on means over seeds, for each ATL T=1 row
-    for label in ("ATL T=1", "ATL T=1 (consistency 20)"):
+    for label in ("ATL T=1", "ATL T=1 (consistency 20)", "ATL T=1 (consistency 20; KL chain target)"):
         assert f"{label} AutoAttack" in text and f"of {label}'s accuracy after the white-box attacks" in text
     text = md.read_text()
     assert "<!-- atl-vs-pgd:mnist -->" in text and "Targets:" in text
@@ -140,6 +141,7 @@ def test_mnist_sweep_quick_mode_judges_on_validation_and_resumes(mnist_dir, tmp_
     run = json.loads(runs[0].read_text())
     assert run["final_on"] == "validation" and run["final"]["n_examples"] == 10
     assert run["recipe"]["method"] == "atl" and run["recipe"]["epochs"] == 1
+    assert run["recipe"]["chain_target"] == "ce"  # the variants change the recipe before the KL default
     stamps = [p.stat().st_mtime_ns for p in runs]
     sweep.main(args)  # a rerun skips finished variants
     assert [p.stat().st_mtime_ns for p in runs] == stamps
@@ -400,9 +402,3 @@ def test_epoch_cost_clean_with_input_grad_row_takes_the_input_gradient_of_a_clea
     x, y, idx = next(iter(batches))
     trainer._train_step(x, y, idx, 0.0)
     assert got[0].shape == x.shape and got[0].abs().sum() > 0
-
-
-def test_atl_vs_pgd_labels_can_all_be_named_in_methods():
-    """--methods splits on commas: a label with a comma could never be run on its own."""
-    bench = load("atl_vs_pgd")
-    assert not [label for label in {**bench.MNIST_METHODS, **bench.CIFAR_METHODS} if "," in label]
