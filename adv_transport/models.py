@@ -77,8 +77,9 @@ class Normalized(nn.Module):
 
 
 class MnistCNN(nn.Module):
-    """Conv(16, 4x4, s2) - ReLU - Conv(32, 4x4, s2) - ReLU - FC(100) - ReLU - FC(classes); ``width`` multiplies the
-    16, 32 and 100."""
+    """Conv(16, 4x4, s2) - ReLU - Conv(32, 4x4, s2) - ReLU - FC(100) - ReLU - FC(classes).
+
+    ``width`` multiplies the 16, 32 and 100 (``small-cnn-w<k>``)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, width: int = 1):
         super().__init__()
