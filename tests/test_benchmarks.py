@@ -303,6 +303,12 @@ def test_cifar_study_targets_hold_every_atl_row_against_the_best_single_step_row
     pgd = [line for line in lines if "vs PGD-10 AT" in line]
     assert len(pgd) == 2 and all(line.startswith("- **Not met**") for line in pgd)  # 27-28.5 < 40 - 1
     assert any(line.startswith("- **Not met**") and "Free ATL AutoAttack 5.00" in line for line in lines)
+    assert not any("provisional" in line for line in lines)  # 3 seeds each
+    # a pilot on one seed is marked provisional, whatever its verdict
+    one = {"eps": {"8/255": {"ATL": {**row("atl", 30.5, 3.0), "n_seeds": 1},
+                             "FGSM-PGI": {**row("fgsm-pgi", 29.4), "n_seeds": 1}}}}
+    (line,) = study.targets(one)
+    assert line.startswith("- **Met**") and "a provisional reading, not a verdict" in line
 
 
 def test_cifar_study_other_model_fast_path_order_time_box_and_failures(tmp_path, monkeypatch, capsys):
