@@ -360,31 +360,26 @@ class ATL(_Stored, InnerStep):
         if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
             delta = threat.delta_to(x, x + delta)
         x = x.detach()
-        velocity = None
-        if self.consistency > 0 or self.chain_momentum > 0 or self.chain_target != "ce":
-            # step by step here: the logits at the stored sample (with their graph) come from the first step, the
-            # velocity and the KL target change the gradient the sampler's drift follows
-            if self.velocity is not None:
-                velocity = self.velocity[idx.to(self.velocity.device)].to(x.device)
-            with model_mode(model, self.sampler.model_mode):
-                clean_probs = None
-                if self.chain_target == "kl":
-                    with torch.no_grad():
-                        clean_probs = F.softmax(model(x).float(), dim=1)
-                for k in range(self.sampler.steps):
-                    if k == 0 and self.consistency > 0:
-                        self._anchor, grad = _anchored_gradient(model, x + delta, y, not self.consistency_detached,
-                                                                clean_probs)
-                    elif clean_probs is None:
-                        grad, _ = input_gradient(model, x + delta, y)
-                    else:
-                        _, grad = _anchored_gradient(model, x + delta, y, False, clean_probs)
-                    if velocity is not None:
-                        velocity = _l1_normalised(grad).add_(velocity, alpha=self.chain_momentum)
-                        grad = velocity.clone()
-                    delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
-        else:
-            delta = self.sampler.sample(model, x, y, delta, t, generator=noise, threat=threat)
+        velocity = None if self.velocity is None else self.velocity[idx.to(self.velocity.device)].to(x.device)
+        # the sampler's steps, each gradient taken here: the logits at the stored sample (with their graph) come from
+        # the first step, the velocity and the KL target change the gradient the drift follows
+        with model_mode(model, self.sampler.model_mode):
+            clean_probs = None
+            if self.chain_target == "kl":
+                with torch.no_grad():
+                    clean_probs = F.softmax(model(x).float(), dim=1)
+            for k in range(self.sampler.steps):
+                if k == 0 and self.consistency > 0:
+                    self._anchor, grad = _anchored_gradient(model, x + delta, y, not self.consistency_detached,
+                                                            clean_probs)
+                elif clean_probs is None:
+                    grad, _ = input_gradient(model, x + delta, y)
+                else:
+                    _, grad = _anchored_gradient(model, x + delta, y, False, clean_probs)
+                if velocity is not None:
+                    velocity = _l1_normalised(grad).add_(velocity, alpha=self.chain_momentum)
+                    grad = velocity.clone()
+                delta = self.sampler.move(x, delta, grad, t, generator=noise, threat=threat)
         self._pending = (idx, copy, delta, x, velocity)
         return (x + delta).detach()
 
