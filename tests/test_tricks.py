@@ -123,6 +123,10 @@ def test_recipe_rows_say_which_tricks_they_use():
     assert r.tricks() == ["eps warm-up 5 ep", "EMA 0.999", "label smoothing 0.4", "TRADES beta 6",
                           "best-on-validation", "early stop (drop > 20)"]
     assert recipe("clean", "mnist").tricks() == []
+    # ATL's chain options are listed where they differ from the plain cross-entropy chain (MNIST's default: KL)
+    assert recipe("atl", "mnist").tricks() == ["consistency 20", "KL chain target"]
+    assert "chain momentum 0.3" in recipe("atl", "cifar10").replace(chain_momentum=0.3).tricks()
+    assert not any("chain" in t for t in recipe("atl", "cifar10").tricks())
 
 
 def test_recipes_forwards_the_moved_builders_with_a_deprecation_warning():
