@@ -696,7 +696,7 @@ class Runtime:
             )
         return True
 
-    _SUMMED = ("input_grad_evals", "param_grad_evals", "examples")
+    _SUMMED = ("input_grad_evals", "param_grad_evals", "forward_evals", "examples")
     _STATS = ("loss_sum", "correct", "seen")
 
     def _values(self, trainer) -> list[float]:

@@ -16,7 +16,8 @@ All methods run through the same training loop (:class:`adv_transport.trainer.Tr
   the stored per-example perturbation; the stored one is advanced along a per-example gradient momentum; the training
   loss adds ``lam`` times the mean squared error between the logits at the stored and at the new perturbation.
 
-``input_grad_passes`` is how many input-gradient evaluations each example costs per visit.
+``input_grad_passes`` is how many input-gradient evaluations each example costs per visit; ``extra_forward_passes``
+how many forward passes without a gradient it costs besides (ATL's KL chain target: the clean output).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class InnerStep:
     name = "base"
     input_grad_passes = 0
     extra_param_passes = 0
+    extra_forward_passes = 0  # forward passes without a gradient per example per visit (not gradient evaluations)
     wants_input_grad = False  # True: the trainer hands over the training pass's input gradient (receive_input_grad)
     threat: ThreatModel | None = None
 
@@ -329,6 +331,7 @@ class ATL(_Stored, InnerStep):
         self.extra_param_passes = 1 if self.consistency > 0 and not self.consistency_detached else 0
         self.chain_momentum = float(chain_momentum)
         self.chain_target = chain_target
+        self.extra_forward_passes = 1 if chain_target == "kl" else 0  # the clean output the KL is taken to
         # the velocities of a momentum chain, on the bank's device; None without momentum
         self.velocity = (torch.zeros((bank.num_examples,) + tuple(bank.shape), device=bank.storage.device)
                          if self.chain_momentum > 0 else None)

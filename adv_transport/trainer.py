@@ -4,8 +4,9 @@
 Per batch ``(x, y, idx)``: draw augmentation parameters (if any) for this visit, let the method perturb the batch
 (ATL reads delta from its bank by ``idx`` and runs the Langevin sampler), take one optimizer step on the perturbed
 batch (plus ``clean_weight`` times the clean loss, if set), then let the method commit (ATL writes delta back).
-The loop counts input-gradient and parameter-gradient evaluations (one per example per backward pass), logs one JSON
-line per epoch, and checkpoints atomically so that a killed run resumes bit-identically on CPU.
+The loop counts input-gradient and parameter-gradient evaluations (one per example per backward pass) and, apart,
+forward passes without a gradient (ATL's KL chain target), logs one JSON line per epoch, and checkpoints atomically
+so that a killed run resumes bit-identically on CPU.
 
 Modes: :meth:`Trainer.fit` trains the model in the modes it finds (a submodule the user put in eval mode, e.g. a
 frozen batch-norm, stays in eval mode and is not updated; a model in eval mode as a whole is trained in train mode)
@@ -183,7 +184,8 @@ class Trainer:
         # progress state (all of it goes into checkpoints)
         self.epoch = 0
         self.step = 0  # next step to run within self.epoch
-        self.counts = {"input_grad_evals": 0, "param_grad_evals": 0, "examples": 0}
+        # forward_evals: forward passes without a gradient (ATL's KL chain target), counted apart from gradient evals
+        self.counts = {"input_grad_evals": 0, "param_grad_evals": 0, "forward_evals": 0, "examples": 0}
         self.elapsed = 0.0  # training seconds (evaluation excluded)
         self.eval_seconds = 0.0
         self.history: list[dict] = []
@@ -300,7 +302,7 @@ class Trainer:
             set_rng_states(backup["rng"])
             raise
         self.epoch, self.step = progress["epoch"], progress["step"]
-        self.counts = progress["counts"]
+        self.counts = {"forward_evals": 0, **progress["counts"]}  # checkpoints before forward_evals lack it
         self.elapsed = progress["elapsed"]
         self.eval_seconds = progress["eval_seconds"]
         self.history = progress["history"]
@@ -462,6 +464,7 @@ class Trainer:
         b = x.shape[0]
         self.counts["input_grad_evals"] += b * self.method.input_grad_passes
         self.counts["param_grad_evals"] += b * (1 + clean_passes + self.method.extra_param_passes)
+        self.counts["forward_evals"] += b * self.method.extra_forward_passes
         self.counts["examples"] += b
         if deferred:  # statistics stay on the device until the next sync
             return loss_value.double() * b, (logits.argmax(1) == y).sum()

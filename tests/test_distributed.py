@@ -158,7 +158,7 @@ def test_two_ranks_equal_one_process_fed_the_same_global_batches(two_rank_run):
         rows = torch.arange(rank, N, 2)
         assert torch.equal(r["storage"], whole.storage[rows]) and torch.equal(r["initialized"], whole.initialized[rows])
     assert ranks[0]["counts"] == one.counts == {"input_grad_evals": N * 2 * EPOCHS, "param_grad_evals": N * EPOCHS,
-                                               "examples": N * EPOCHS}
+                                               "forward_evals": 0, "examples": N * EPOCHS}
     for a, b in zip(_strip(ranks[0]["history"]), _strip(one.history)):
         assert a["train_adv_acc"] == b["train_adv_acc"] and a["train_loss"] == pytest.approx(b["train_loss"], 1e-5)
 

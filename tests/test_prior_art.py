@@ -109,7 +109,8 @@ def test_fgsm_pgi_consistency_term_and_its_cost_are_counted():
     trainer = Trainer(Linear2(W), torch.optim.SGD(Linear2(W).parameters(), lr=0.0), FGSMPGI(t, 16, (1, 2, 2)),
                       progress=False)
     trainer.fit(IndexedBatches(data, 8), epochs=1)
-    assert trainer.counts == {"input_grad_evals": 16, "param_grad_evals": 32, "examples": 16}
+    assert trainer.counts == {"input_grad_evals": 16, "param_grad_evals": 32, "forward_evals": 0,
+                              "examples": 16}
     with pytest.raises(ConfigError, match="l-inf"):
         FGSMPGI(ThreatModel("l2", 0.5), 8, (1, 2, 2))
 
@@ -152,7 +153,7 @@ def test_free_atl_moves_the_chain_with_the_training_pass_gradient_one_backward_p
     model.register_full_backward_hook(lambda *a: calls.__setitem__("backward", calls["backward"] + 1))
     trainer.fit(IndexedBatches(data, 8, shuffle=False), epochs=1)
     assert calls["backward"] == 2  # two batches, one backward each
-    assert trainer.counts == {"input_grad_evals": 0, "param_grad_evals": 16, "examples": 16}
+    assert trainer.counts == {"input_grad_evals": 0, "param_grad_evals": 16, "forward_evals": 0, "examples": 16}
     x, y, idx = data.get(torch.arange(16))
     x0 = x.clone().requires_grad_(True)
     F.cross_entropy(model(x0), y).backward()
@@ -231,7 +232,8 @@ def test_atl_detached_consistency_has_the_same_value_no_gradient_through_the_anc
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), ATL(
         bank, LangevinSampler(t, eta=0.1), consistency=10.0, consistency_detached=True), progress=False)
     trainer.fit(IndexedBatches(data, 8), epochs=1)
-    assert trainer.counts == {"input_grad_evals": 16, "param_grad_evals": 16, "examples": 16}  # ATL T=1's two passes
+    # ATL T=1's two passes
+    assert trainer.counts == {"input_grad_evals": 16, "param_grad_evals": 16, "forward_evals": 0, "examples": 16}
     r = recipe("atl", "cifar10").replace(consistency=10.0, consistency_detached=True)
     assert build_method(r, 8, (3, 32, 32)).extra_param_passes == 0 and "consistency 10 (detached)" in r.tricks()
     with pytest.raises(ConfigError, match="consistency > 0"):
@@ -317,3 +319,11 @@ def test_atl_kl_chain_target_follows_the_kl_to_the_clean_output():
     # from the clean point its gradient is 0: a noiseless KL chain needs a start away from x (uniform bank init)
     atl = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), chain_target="kl")
     assert torch.allclose(atl.perturb(model, X, Y, IDX, 0.0), X)
+    # the clean output it follows costs one forward pass per example and visit, counted apart from gradient evals
+    assert atl.extra_forward_passes == 1
+    data = synthetic_dataset(16, shape=(1, 2, 2), classes=2)
+    atl = ATL(AdversarialBank(16, (1, 2, 2), t), LangevinSampler(t, eta=0.1), chain_target="kl")
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), atl, progress=False)
+    trainer.fit(IndexedBatches(data, 8), epochs=2)
+    assert trainer.counts == {"input_grad_evals": 32, "param_grad_evals": 32, "forward_evals": 32, "examples": 32}
+    assert [h["forward_evals"] for h in trainer.history] == [16, 32]

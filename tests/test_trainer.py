@@ -104,7 +104,7 @@ def test_counts_input_and_parameter_gradient_evaluations():
         TinyCNN(), torch.optim.SGD(TinyCNN().parameters(), lr=0.1), PGD(THREAT, steps=3, step_size=0.05), progress=False
     )
     pgd.fit(IndexedBatches(data, 16), epochs=1)
-    assert pgd.counts == {"input_grad_evals": 48 * 3, "param_grad_evals": 48, "examples": 48}
+    assert pgd.counts == {"input_grad_evals": 48 * 3, "param_grad_evals": 48, "forward_evals": 0, "examples": 48}
 
 
 def test_loader_without_indices_is_rejected_with_explanation():
