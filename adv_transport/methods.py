@@ -316,6 +316,9 @@ class ATL(_Stored, InnerStep):
         if chain_momentum > 0 and bank.copies != 1:
             raise ConfigError(f"chain momentum keeps one velocity per example: it needs a bank with 1 copy, got "
                               f"{bank.copies}")
+        if chain_momentum > 0 and getattr(bank, "world_size", 1) != 1:
+            raise ConfigError(f"chain momentum keeps its velocities beside a single-process bank; this bank is one "
+                              f"shard of {bank.world_size}")
         if bank.threat != sampler.threat:
             raise ConfigError(f"bank threat {bank.threat} and sampler threat {sampler.threat} differ")
         if int(reset_every) < 0:
@@ -395,12 +398,21 @@ class ATL(_Stored, InnerStep):
             self._pending = None
 
     def state_dict(self):
-        state = {"bank": self.bank.state_dict(), "cycle": self._cycle}
+        state = {"bank": self.bank.state_dict(), "cycle": self._cycle, "chain_target": self.chain_target,
+                 "chain_momentum": self.chain_momentum}
         if self.velocity is not None:
             state["velocity"] = self.velocity.clone()
         return state
 
     def load_state_dict(self, state):
+        # the chain's settings must be the checkpoint's (states saved before they were stored are not checked)
+        for key in ("chain_target", "chain_momentum"):
+            if key in state and state[key] != getattr(self, key):
+                raise ConfigError(f"the checkpoint's chain has {key} {state[key]!r}, this run {getattr(self, key)!r}: "
+                                  f"resume with the checkpoint's setting (--{key.replace('_', '-')} {state[key]})")
+        if self.velocity is None and "velocity" in state:
+            raise ConfigError("the stored state holds chain velocities (saved with chain_momentum > 0) and this run "
+                              "keeps none: resume with the checkpoint's --chain-momentum")
         if self.velocity is not None:
             if "velocity" not in state:
                 raise ConfigError("this ATL run keeps chain velocities (chain_momentum > 0) and the stored state has "

@@ -155,7 +155,7 @@ class Recipe:
             out.append(f"consistency {self.consistency:g}" + (" (detached)" if self.consistency_detached else ""))
         if self.replay > 1:
             out.append(f"replay x{self.replay}")
-        if self.method in LANGEVIN_METHODS:  # the chain's options, where they differ from the plain chain
+        if self.method == "atl":  # the chain's options (ATL's only), where they differ from the plain chain
             if self.chain_target != "ce":
                 out.append(f"{self.chain_target.upper()} chain target")
             if self.chain_momentum > 0:

@@ -302,7 +302,9 @@ class Trainer:
             set_rng_states(backup["rng"])
             raise
         self.epoch, self.step = progress["epoch"], progress["step"]
-        self.counts = {"forward_evals": 0, **progress["counts"]}  # checkpoints before forward_evals lack it
+        # checkpoints written before forward_evals lack it: the method made its forward passes at every visit
+        self.counts = {"forward_evals": progress["counts"].get("examples", 0) * self.method.extra_forward_passes,
+                       **progress["counts"]}
         self.elapsed = progress["elapsed"]
         self.eval_seconds = progress["eval_seconds"]
         self.history = progress["history"]

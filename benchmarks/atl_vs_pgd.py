@@ -157,6 +157,7 @@ def summarise(results, dataset):
                 "autoattack_acc": res["final"].get("autoattack_acc"),
                 "train_seconds": h[-1]["train_seconds"],
                 "grad_evals": h[-1]["input_grad_evals"] + h[-1]["param_grad_evals"],
+                "forward_evals": h[-1].get("forward_evals", 0),  # no-gradient passes (KL chain target), apart
                 "seconds_to_target": first_time_reaching(h, target, "train_seconds"),
                 "grad_evals_to_target": None
                 if first_time_reaching(h, target, "train_seconds") is None

@@ -225,6 +225,7 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
         "train_seconds": h[-1]["train_seconds"],
         "epoch_seconds": h[-1]["train_seconds"] / len(h),
         "grad_evals": h[-1]["input_grad_evals"] + h[-1]["param_grad_evals"],
+        "forward_evals": h[-1].get("forward_evals", 0),  # no-gradient passes (KL chain target), apart
         "final_on": "validation" if mode == "sweep" else "test",
         "final": {k: v for k, v in final.items() if k != "per_class"},
         "square_drop": square_drop(final),

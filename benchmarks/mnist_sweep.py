@@ -99,6 +99,7 @@ def train_and_evaluate(label, changes, seed, train, val, args) -> dict:
         "label": label, "seed": seed, "recipe": r.to_dict(), "tricks": r.tricks(),
         "inner_step": trainer.method.describe(), "history": h, "train_seconds": h[-1]["train_seconds"],
         "grad_evals": h[-1]["input_grad_evals"] + h[-1]["param_grad_evals"], "final_on": "validation",
+        "forward_evals": h[-1].get("forward_evals", 0),  # no-gradient passes (KL chain target), apart
         "final": {k: v for k, v in final.items() if k != "per_class"}, "square_drop": square_drop(final),
         "commit": args.commit, "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from adv_transport import ATL, AdversarialBank, ConfigError, IndexedBatches, LangevinSampler, ThreatModel, Trainer
+from adv_transport.distributed import ShardedBank
 from adv_transport.methods import ATTA, FGSMPGI, warmed_up
 from adv_transport.recipes import recipe
 from adv_transport.training import build_method
@@ -273,8 +274,18 @@ def test_atl_chain_momentum_drifts_along_the_velocity_and_keeps_it_between_visit
     other = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t, eta=0.1, noise_scale=0.0), chain_momentum=0.5)
     other.load_state_dict(atl.state_dict())
     assert torch.equal(other.velocity, atl.velocity)
+    plain = ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t))
+    with pytest.raises(ConfigError, match="chain_momentum 0.0, this run 0.5"):
+        other.load_state_dict(plain.state_dict())
+    old_state = {k: v for k, v in plain.state_dict().items() if not k.startswith("chain_")}  # saved before the keys
     with pytest.raises(ConfigError, match="velocities"):
-        other.load_state_dict(ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t)).state_dict())
+        other.load_state_dict(old_state)
+    with pytest.raises(ConfigError, match="--chain-momentum"):  # the velocities are never dropped silently
+        plain.load_state_dict({k: v for k, v in atl.state_dict().items() if not k.startswith("chain_")})
+    with pytest.raises(ConfigError, match="chain_target 'kl', this run 'ce'"):
+        plain.load_state_dict(ATL(AdversarialBank(8, (1, 2, 2), t), LangevinSampler(t), chain_target="kl").state_dict())
+    with pytest.raises(ConfigError, match="one shard of 2"):  # a velocity row per example of this process only
+        ATL(ShardedBank(8, (1, 2, 2), t, rank=0, world_size=2), LangevinSampler(t), chain_momentum=0.5)
     atl._forget()
     assert not atl.velocity.any()
     assert atl.describe()["chain_momentum"] == 0.5
@@ -327,3 +338,10 @@ def test_atl_kl_chain_target_follows_the_kl_to_the_clean_output():
     trainer.fit(IndexedBatches(data, 8), epochs=2)
     assert trainer.counts == {"input_grad_evals": 32, "param_grad_evals": 32, "forward_evals": 32, "examples": 32}
     assert [h["forward_evals"] for h in trainer.history] == [16, 32]
+    # a checkpoint written before the count existed resumes with the passes its visits made
+    state = trainer.state_dict()
+    del state["counts"]["forward_evals"]
+    atl = ATL(AdversarialBank(16, (1, 2, 2), t), LangevinSampler(t, eta=0.1), chain_target="kl")
+    resumed = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), atl, progress=False)
+    resumed.load_state_dict(state)
+    assert resumed.counts["forward_evals"] == 32
