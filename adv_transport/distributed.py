@@ -684,17 +684,22 @@ class Runtime:
         for k in ("loss_sum", "correct"):
             if isinstance(stats[k], torch.Tensor):
                 stats[k] = float(stats[k]) if k == "loss_sum" else int(stats[k])
-        if not math.isfinite(stats["loss_sum"]):
-            trainer.method.discard()
-            raise NonFiniteLossError(
-                f"non-finite training loss in epoch {trainer.epoch} between steps {trainer.step - self.sync_every} "
-                f"and {trainer.step - 1} (statistics are read every {self.sync_every} steps); the parameters and the "
-                "bank may hold non-finite values, no checkpoint is written with them. Resume from the last checkpoint "
-                "with a lower learning rate or Langevin step.",
-                epoch=trainer.epoch, step=trainer.step,
-                checkpoint=str(trainer.checkpoint_path) if trainer.checkpoint_path else None,
-            )
+        self._check_finite(trainer, f"between steps {trainer.step - self.sync_every} and {trainer.step - 1}")
         return True
+
+    def _check_finite(self, trainer, where: str) -> None:
+        """Stop on a non-finite loss in the statistics read since the last check: before the next checkpoint, so that
+        no checkpoint holds parameters or bank entries written after it (the method's pending write is dropped)."""
+        if math.isfinite(trainer._epoch_stats["loss_sum"]):
+            return
+        trainer.method.discard()
+        raise NonFiniteLossError(
+            f"non-finite training loss in epoch {trainer.epoch} {where} (statistics are read every "
+            f"{self.sync_every} steps); the parameters and the bank may hold non-finite values, no checkpoint is "
+            "written with them. Resume from the last checkpoint with a lower learning rate or Langevin step.",
+            epoch=trainer.epoch, step=trainer.step,
+            checkpoint=str(trainer.checkpoint_path) if trainer.checkpoint_path else None,
+        )
 
     _SUMMED = ("input_grad_evals", "param_grad_evals", "forward_evals", "examples")
     _STATS = ("loss_sum", "correct", "seen")
@@ -730,6 +735,7 @@ class Runtime:
             else:
                 trainer._epoch_stats[k] = int(round(v))
         self._base = dict(zip(keys, now))
+        self._check_finite(trainer, f"before step {trainer.step}")
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, trainer):

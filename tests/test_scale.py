@@ -51,6 +51,28 @@ def test_non_finite_loss_is_caught_at_the_next_read():
         trainer.fit(batches, epochs=1)
 
 
+def test_non_finite_loss_after_the_last_read_writes_no_checkpoint(tmp_path):
+    # a loss that is non-finite while the parameters stay finite (a constant NaN added to the loss has no gradient,
+    # as when float16's GradScaler skips a step): only the statistics show it, and they are read at the epoch's end
+    trainer, batches = _trainer(Runtime(sync_every=1000), run_dir=tmp_path)
+    trainer.fit(batches, epochs=1)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    plain = trainer.method.regularizer
+    calls = []
+
+    def nan_on_the_third_step(logits, y):
+        calls.append(1)
+        extra = plain(logits, y)
+        return torch.tensor(float("nan")) if len(calls) == 3 else extra
+
+    trainer.method.regularizer = nan_on_the_third_step
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss in epoch 1 before step 5"):
+        trainer.fit(batches, epochs=2)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the parameter check alone would pass
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good  # the last good checkpoint is untouched
+    assert len(trainer.history) == 1
+
+
 def test_float16_input_gradients_do_not_underflow_to_sign_zero():
     class Small(nn.Module):  # logits of order 1e-7: their gradients underflow in float16
         def __init__(self):
