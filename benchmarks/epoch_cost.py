@@ -10,11 +10,14 @@ of free ATL's excess is the bank's read and write and the chain's move.
 Wall-clock ratios taken from separate runs are not valid on a shared CPU; this script interleaves the methods batch by
 batch (one training step of each method in turn, on the same batch, through the trainer's own step) so that whatever
 else loads the machine loads every method alike. Each method is built by ``build_training`` from its recipe (MNIST:
-``mnist-cnn``; CIFAR-10: the study's ``small-cnn`` settings); the data are random images of the dataset's shape (the
-cost does not depend on their content). The median per-round time over ``--rounds`` rounds of ``--batches`` batches
-gives each method's cost per epoch relative to clean training (a free-ATL replay round costs one step, as here).
+``mnist-cnn``; CIFAR-10: the study's ``small-cnn`` settings, or the model ``--cifar-model`` names); the data are
+random images of the dataset's shape (the cost does not depend on their content). The median per-round time over
+``--rounds`` rounds of ``--batches`` batches gives each method's cost per epoch relative to clean training (a
+free-ATL replay round costs one step, as here).
 
     python benchmarks/epoch_cost.py --threads 2      # writes benchmarks/results/epoch_cost.{json,md}
+    python benchmarks/epoch_cost.py --threads 2 --datasets cifar10 --cifar-model small-cnn-w2 \
+        --out benchmarks/results/epoch_cost_small-cnn-w2
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 PGD_NAME = {"mnist": "PGD-40 AT", "cifar10": "PGD-10 AT"}
 
 
-def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128) -> dict[str, list[float]]:
+def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
+                 cifar_model: str = "small-cnn") -> dict[str, list[float]]:
     n = batches * batch_size
     g = torch.Generator().manual_seed(0)
     data = at.IndexedDataset(torch.randint(0, 256, (n, *SHAPES[dataset]), generator=g, dtype=torch.uint8),
@@ -65,6 +69,8 @@ def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128)
     trainers = {}
     for m in METHODS:
         r = recipe("clean" if m == "clean+input-grad" else m, dataset).replace(**SETTINGS[dataset])
+        if dataset == "cifar10":
+            r = r.replace(model=cifar_model)
         r = r.replace(epochs=rounds + 1, batch_size=batch_size, select="last", early_stop_drop=None)
         trainers[m], loader = build_training(r, data, None, seed=0, progress=False)
         if m == "clean+input-grad":
@@ -90,6 +96,8 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--cifar-model", default="small-cnn",
+                    help="model of the CIFAR-10 rows (default: the study's small-cnn; e.g. small-cnn-w2)")
     ap.add_argument("--conditions", default="", help="what else ran on the machine (written into the table)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "epoch_cost"))
     args = ap.parse_args(argv)
@@ -97,7 +105,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     rows = []
     for dataset in args.datasets.split(","):
-        times = time_methods(dataset, args.batches, args.rounds)
+        times = time_methods(dataset, args.batches, args.rounds, cifar_model=args.cifar_model)
         clean, pgd = statistics.median(times["clean"]), statistics.median(times["pgd"])
         for m in METHODS:
             med = statistics.median(times[m])
@@ -106,12 +114,12 @@ def main(argv=None):
             print(rows[-1], flush=True)
     meta = {"date": date.today().isoformat(), "commit": git_commit(), "conditions": args.conditions,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)", "batches": args.batches,
-            "rounds": args.rounds}
+            "rounds": args.rounds, "cifar_model": args.cifar_model}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"Measured {meta['date']} (commit {meta['commit']}) on {meta['machine']} "
              f"({args.conditions or 'conditions not given'}): methods interleaved batch by batch, median over "
-             f"{args.rounds} rounds of {args.batches} batches of 128.", "",
+             f"{args.rounds} rounds of {args.batches} batches of 128; CIFAR-10 model {args.cifar_model}.", "",
              "| dataset | method | s per round | cost vs clean | cost vs PGD AT |", "|---|---|---:|---:|---:|"]
     name = lambda r: f"pgd ({PGD_NAME[r['dataset']]})" if r["method"] == "pgd" else r["method"]  # noqa: E731
     lines += [f"| {r['dataset']} | {name(r)} | {r['seconds_per_round']:.3f} | {r['vs_clean']:.2f}x | "

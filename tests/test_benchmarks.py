@@ -392,6 +392,23 @@ def test_epoch_cost_interleaves_the_methods_and_reports_ratios_to_clean(tmp_path
     assert "| mnist | free-atl |" in text and "| mnist | pgd (PGD-40 AT) |" in text
 
 
+def test_epoch_cost_times_the_cifar_rows_on_the_model_asked_for(tmp_path, monkeypatch):
+    ec = load("epoch_cost")
+    built = []
+    real = ec.build_training
+
+    def spy(r, *a, **kw):
+        built.append(r.model)
+        return real(r, *a, **kw)
+
+    monkeypatch.setattr(ec, "build_training", spy)
+    ec.main(["--datasets", "cifar10", "--batches", "1", "--rounds", "1", "--cifar-model", "small-cnn-w2",
+             "--out", str(tmp_path / "ec")])
+    assert built == ["small-cnn-w2"] * len(ec.METHODS)
+    assert json.loads((tmp_path / "ec.json").read_text())["meta"]["cifar_model"] == "small-cnn-w2"
+    assert "CIFAR-10 model small-cnn-w2" in (tmp_path / "ec.md").read_text()
+
+
 def test_epoch_cost_clean_with_input_grad_row_takes_the_input_gradient_of_a_clean_step():
     import adv_transport as at
     from adv_transport.recipes import recipe
