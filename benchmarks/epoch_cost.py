@@ -61,7 +61,7 @@ PGD_NAME = {"mnist": "PGD-40 AT", "cifar10": "PGD-10 AT"}
 
 
 def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
-                 cifar_model: str = "small-cnn") -> dict[str, list[float]]:
+                 cifar_model: str | None = None) -> dict[str, list[float]]:
     n = batches * batch_size
     g = torch.Generator().manual_seed(0)
     data = at.IndexedDataset(torch.randint(0, 256, (n, *SHAPES[dataset]), generator=g, dtype=torch.uint8),
@@ -69,7 +69,7 @@ def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
     trainers = {}
     for m in METHODS:
         r = recipe("clean" if m == "clean+input-grad" else m, dataset).replace(**SETTINGS[dataset])
-        if dataset == "cifar10":
+        if dataset == "cifar10" and cifar_model:  # another model than the study's
             r = r.replace(model=cifar_model)
         r = r.replace(epochs=rounds + 1, batch_size=batch_size, select="last", early_stop_drop=None)
         trainers[m], loader = build_training(r, data, None, seed=0, progress=False)
@@ -96,7 +96,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--cifar-model", default="small-cnn",
+    ap.add_argument("--cifar-model", default=SETTINGS["cifar10"]["model"],
                     help="model of the CIFAR-10 rows (default: the study's small-cnn; e.g. small-cnn-w2)")
     ap.add_argument("--conditions", default="", help="what else ran on the machine (written into the table)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "epoch_cost"))
