@@ -73,6 +73,18 @@ VARIANTS = {
                                                       "eps_ramp": 0, "epochs": 15, "chain_momentum": 0.3},
     "consistency 20, 15 epochs, KL chain target": {"eta": 0.1, "noise_scale": 0.2, "consistency": 20.0,
                                                    "eps_ramp": 0, "epochs": 15, "chain_target": "kl"},
+    # Against the default's test Square drop (1.6 +- 0.2 over 3 seeds, target <= 1.5; validation 1.33 +- 0.45), two
+    # more tries on the KL default (fourth MNIST round, 2026-12-05): a heavier consistency term (weight 10 -> 20 cut the
+    # validation drop from 1.7 to 1.1 with the CE target), and two chain steps per visit with PGD-40 AT's eps warm-up
+    # (T 2 without a warm-up never left chance at weight 20; 12 epochs keep 0.107x PGD-40 AT's gradient evaluations).
+    # Rule fixed before the runs: seeds 1-2 only if seed 0 has validation AutoAttack >= 90.3 % and a Square drop
+    # <= 1.2; a variant becomes the default only if over seeds 0-2 its mean validation AutoAttack is >= 90.5 % (within
+    # 0.5 of the default's 91.0 %) and its mean drop <= 1.0; then atl_vs_pgd.py reports its test numbers on 3 seeds.
+    "consistency 30, 15 epochs, KL chain target": {"eta": 0.1, "noise_scale": 0.2, "consistency": 30.0,
+                                                   "eps_ramp": 0, "epochs": 15, "chain_target": "kl"},
+    "consistency 20, T 2, 12 epochs, KL chain target, eps warm-up 3": {
+        "eta": 0.1, "noise_scale": 0.2, "consistency": 20.0, "eps_ramp": 3, "epochs": 12, "steps": 2,
+        "chain_target": "kl"},
 }
 
 
