@@ -684,13 +684,27 @@ class Runtime:
         for k in ("loss_sum", "correct"):
             if isinstance(stats[k], torch.Tensor):
                 stats[k] = float(stats[k]) if k == "loss_sum" else int(stats[k])
-        self._check_finite(trainer, f"between steps {trainer.step - self.sync_every} and {trainer.step - 1}")
+        self._check_finite(trainer, f"between steps {trainer.step - self.sync_every} and {trainer.step - 1}",
+                           agree=True)
         return True
 
-    def _check_finite(self, trainer, where: str) -> None:
+    def _check_finite(self, trainer, where: str, agree: bool = False) -> None:
         """Stop on a non-finite loss in the statistics read since the last check: before the next checkpoint, so that
-        no checkpoint holds parameters or bank entries written after it (the method's pending write is dropped)."""
-        if math.isfinite(trainer._epoch_stats["loss_sum"]):
+        no checkpoint holds parameters or bank entries written after it (the method's pending write is dropped).
+
+        ``agree``: the statistics are this rank's own (not yet summed over the ranks), so the ranks first agree,
+        with one all-reduce of a flag, whether any of them saw a non-finite loss: every rank stops at the same step
+        (a rank stopping alone would leave the others waiting in the next collective until the timeout)."""
+        bad = not math.isfinite(trainer._epoch_stats["loss_sum"])
+        if agree and self.distributed:
+            flag = torch.tensor([float(bad)], dtype=torch.float64)
+            if dist.get_backend() == "nccl":
+                flag = flag.to(self.device)
+            dist.all_reduce(flag)
+            ranks = int(flag.item())
+            bad = ranks > 0
+            where += f", on {ranks} of the {self.world_size} ranks"
+        if not bad:
             return
         trainer.method.discard()
         raise NonFiniteLossError(

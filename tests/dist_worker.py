@@ -1,7 +1,8 @@
 """One rank of the distributed tests (tests/test_distributed.py), started with torchrun's environment variables.
 
 ``python tests/dist_worker.py '<json>'``: builds the tiny ATL run of :func:`build` on this rank, optionally dies with
-SIGKILL at a given optimizer step (``kill: [rank, step]``), optionally resumes, trains and saves what it ended with.
+SIGKILL at a given optimizer step (``kill: [rank, step]``), optionally sees a NaN loss on one rank at one step
+(``nan_loss: [rank, step]``; ``sync_every``: the Runtime's), optionally resumes, trains and saves what it ended with.
 ``probes: [{"name", "run_dir"}]``: first resume each of those runs (without training) and save the bank it resumed
 with, or the error it was refused with, to ``<out>/<name>-rank<r>.pt``.
 """
@@ -53,7 +54,7 @@ def result(trainer):
 if __name__ == "__main__":
     cfg = json.loads(sys.argv[1])
     torch.set_num_threads(1)
-    rt = Runtime.from_env(device="cpu", seed=0, timeout_s=60)
+    rt = Runtime.from_env(device="cpu", seed=0, timeout_s=60, sync_every=cfg.get("sync_every", 1))
     for probe in cfg.get("probes", []):
         resumed, _ = build(rt, probe["run_dir"])
         try:
@@ -78,6 +79,15 @@ if __name__ == "__main__":
             return original(*a, **k)
 
         trainer.optimizer.step = dying_step
+    nan = cfg.get("nan_loss")
+    if nan and rt.rank == nan[0]:  # a NaN loss on one rank at one step, the parameters left finite (no gradient)
+        plain, calls = trainer.method.regularizer, [0]
+
+        def nan_once(logits, y):
+            calls[0] += 1
+            return torch.tensor(float("nan")) if calls[0] == nan[1] else plain(logits, y)
+
+        trainer.method.regularizer = nan_once
     if cfg.get("resume"):
         assert trainer.resume()
     trainer.fit(batches, epochs=cfg["epochs"])
