@@ -39,6 +39,18 @@ from .schedules import value_at
 from .threat import ThreatModel
 
 
+def _last_rows(idx: torch.Tensor, num_rows: int, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rows of ``values`` with every occurrence of a repeated index given its last occurrence's row, so that
+    ``table[idx] = value`` stores the last occurrence (with a repeated index it stores an unspecified one: threads
+    and GPU blocks race). Without a host synchronisation (no ``unique``): one scatter into ``num_rows`` slots."""
+    if idx.numel() < 2:
+        return values
+    pos = torch.arange(idx.numel(), device=idx.device)
+    slots = torch.empty(num_rows, dtype=torch.long, device=idx.device)
+    winner = slots.scatter_reduce_(0, idx, pos, "amax", include_self=False)[idx]
+    return tuple(v.index_select(0, winner.to(v.device)) for v in values)
+
+
 def warmed_up(threat: ThreatModel, t: float, ramp: float) -> ThreatModel:
     """The threat at progress ``t`` (epochs) under an eps warm-up of ``ramp`` epochs: eps grows linearly from 0 over
     the first ``ramp`` epochs (``ramp = 0``: no warm-up), then stays at eps."""
@@ -393,8 +405,10 @@ class ATL(_Stored, InnerStep):
         if self._pending is not None:
             idx, copy, delta, x, velocity = self._pending
             self.bank.write(idx, copy, delta, x)
-            if velocity is not None:
-                self.velocity[idx.to(self.velocity.device)] = velocity.to(self.velocity.device)
+            if velocity is not None:  # a repeated example keeps its last occurrence's velocity, as the bank does
+                rows = idx.to(self.velocity.device)
+                (velocity,) = _last_rows(rows, len(self.velocity), velocity.to(self.velocity.device))
+                self.velocity[rows] = velocity
             self._pending = None
 
     def state_dict(self):
@@ -577,8 +591,10 @@ class FGSMPGI(_Stored, _Attacked):
         fresh = ~self.initialized[cpu_idx]
         if bool(fresh.any()):
             corner = torch.rand((int(fresh.sum()),) + self.delta.shape[1:], generator=self.generator) * 2 - 1
-            self.delta[cpu_idx[fresh]] = self.threat.eps * corner.sign()
-            self.momentum[cpu_idx[fresh]] = 0.0
+            rows = cpu_idx[fresh]
+            (corner,) = _last_rows(rows, len(self.delta), corner)
+            self.delta[rows] = self.threat.eps * corner.sign()
+            self.momentum[rows] = 0.0
         d = self.delta[cpu_idx].to(x.device)
         m = self.momentum[cpu_idx].to(x.device)
         d = threat.delta_to(x, x + d)  # the prior, in the (warmed-up) ball and the image box
@@ -593,6 +609,7 @@ class FGSMPGI(_Stored, _Attacked):
     def commit(self):
         if self._pending is not None:
             idx, d, m = self._pending
+            d, m = _last_rows(idx, len(self.delta), d, m)  # a repeated example: its last occurrence's, as in the bank
             self.delta[idx], self.momentum[idx] = d, m
             self.initialized[idx] = True
             self._pending = None

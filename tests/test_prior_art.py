@@ -345,3 +345,35 @@ def test_atl_kl_chain_target_follows_the_kl_to_the_clean_output():
     resumed = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.0), atl, progress=False)
     resumed.load_state_dict(state)
     assert resumed.counts["forward_evals"] == 32
+
+
+def test_repeated_examples_in_one_batch_keep_their_last_occurrence_in_velocities_and_priors():
+    # a loader sampling with replacement can repeat an example in a batch: `table[idx] = v` would store an unspecified
+    # occurrence (threads race on large rows); the chain velocities and FGSM-PGI's priors store the last, as the bank
+    shape = (3, 64, 64)
+    t = ThreatModel("linf", 0.1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 2))
+    idx = torch.tensor([1, 1, 2, 1, 1, 2, 1, 1])
+    y = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for trial in range(5):
+            x = torch.rand((8,) + shape, generator=torch.Generator().manual_seed(trial))
+            atl = ATL(AdversarialBank(4, shape, t), LangevinSampler(t, eta=0.05, noise_scale=0.0), chain_momentum=0.5)
+            atl.perturb(model, x, y, idx, 0.0)
+            velocity = atl._pending[-1].clone()
+            atl.commit()
+            assert torch.equal(atl.velocity[1], velocity[7]) and torch.equal(atl.velocity[2], velocity[5])
+            pgi = FGSMPGI(t, 4, shape, seed=trial)
+            pgi.perturb(model, x, y, idx, 0.0)
+            corner = torch.rand((8,) + shape, generator=torch.Generator().manual_seed(trial)) * 2 - 1
+            # a fresh example's random prior: the corner drawn for its last occurrence
+            assert torch.equal(pgi.delta[1], 0.1 * corner[7].sign())
+            assert torch.equal(pgi.delta[2], 0.1 * corner[5].sign())
+            _, stored, momentum = pgi._pending
+            pgi.commit()
+            assert torch.equal(pgi.delta[1], stored[7]) and torch.equal(pgi.momentum[1], momentum[7])
+            assert torch.equal(pgi.delta[2], stored[5]) and torch.equal(pgi.momentum[2], momentum[5])
+    finally:
+        torch.set_num_threads(threads)
