@@ -27,7 +27,7 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
     assert labels == ["clean", "ATL T=1", "ATL T=1 (consistency 20)", "ATL T=1 (consistency 20; KL chain target)",
-                      "ATL T=2", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
+                      "ATL T=2", "ATL T=2 (consistency 20; KL chain target; eps warm-up 3)", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
                       "Free ATL (replay 4)", "Free ATL (replay 4) with Free-AT's step"]
     # --methods is comma-separated
     assert not [label for label in {**bench.MNIST_METHODS, **bench.CIFAR_METHODS} if "," in label]

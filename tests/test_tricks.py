@@ -124,7 +124,7 @@ def test_recipe_rows_say_which_tricks_they_use():
                           "best-on-validation", "early stop (drop > 20)"]
     assert recipe("clean", "mnist").tricks() == []
     # ATL's chain options are listed where they differ from the plain cross-entropy chain (MNIST's default: KL)
-    assert recipe("atl", "mnist").tricks() == ["consistency 20", "KL chain target"]
+    assert recipe("atl", "mnist").tricks() == ["eps warm-up 3 ep", "consistency 20", "KL chain target"]
     assert "chain momentum 0.3" in recipe("atl", "cifar10").replace(chain_momentum=0.3).tricks()
     assert not any("chain" in t for t in recipe("atl", "cifar10").tricks())
 
