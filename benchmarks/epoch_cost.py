@@ -60,6 +60,14 @@ SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 PGD_NAME = {"mnist": "PGD-40 AT", "cifar10": "PGD-10 AT"}
 
 
+def recipe_epochs(dataset: str) -> dict[str, int] | None:
+    """Each method's epochs in its recipe, where the recipes set the runs' length (MNIST: `atl_vs_pgd.py` trains every
+    method for its recipe's epochs); None for CIFAR-10, whose study sets the epochs itself."""
+    if dataset != "mnist":
+        return None
+    return {m: recipe("clean" if m == "clean+input-grad" else m, dataset).epochs for m in METHODS}
+
+
 def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
                  cifar_model: str | None = None) -> dict[str, list[float]]:
     n = batches * batch_size
@@ -107,10 +115,13 @@ def main(argv=None):
     for dataset in args.datasets.split(","):
         times = time_methods(dataset, args.batches, args.rounds, cifar_model=args.cifar_model)
         clean, pgd = statistics.median(times["clean"]), statistics.median(times["pgd"])
+        epochs = recipe_epochs(dataset)
         for m in METHODS:
             med = statistics.median(times[m])
             rows.append({"dataset": dataset, "method": m, "seconds_per_round": med, "vs_clean": med / clean,
-                         "vs_pgd": med / pgd})
+                         "vs_pgd": med / pgd, "epochs": None if epochs is None else epochs[m],
+                         # a whole run of the recipe's epochs against PGD AT's run of its own
+                         "run_vs_pgd": None if epochs is None else med / pgd * epochs[m] / epochs["pgd"]})
             print(rows[-1], flush=True)
     meta = {"date": date.today().isoformat(), "commit": git_commit(), "conditions": args.conditions,
             "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)", "batches": args.batches,
@@ -120,10 +131,14 @@ def main(argv=None):
     lines = [f"Measured {meta['date']} (commit {meta['commit']}) on {meta['machine']} "
              f"({args.conditions or 'conditions not given'}): methods interleaved batch by batch, median over "
              f"{args.rounds} rounds of {args.batches} batches of 128; CIFAR-10 model {args.cifar_model}.", "",
-             "| dataset | method | s per round | cost vs clean | cost vs PGD AT |", "|---|---|---:|---:|---:|"]
+             "| dataset | method | s per round | cost vs clean | cost vs PGD AT | recipe epochs | run cost vs PGD AT |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     name = lambda r: f"pgd ({PGD_NAME[r['dataset']]})" if r["method"] == "pgd" else r["method"]  # noqa: E731
     lines += [f"| {r['dataset']} | {name(r)} | {r['seconds_per_round']:.3f} | {r['vs_clean']:.2f}x | "
-              f"{r['vs_pgd']:.3f}x |" for r in rows]
+              f"{r['vs_pgd']:.3f}x | {r['epochs'] or 'study'} | "
+              f"{'n/a' if r['run_vs_pgd'] is None else format(r['run_vs_pgd'], '.3f') + 'x'} |" for r in rows]
+    lines += ["", "Run cost: the per-batch cost times the recipe's epochs over PGD AT's (MNIST: the runs of "
+              "`benchmarks/atl_vs_pgd.py`); the CIFAR-10 study sets its epochs itself (`cifar_study.py`)."]
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rows

@@ -27,7 +27,8 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
                           "--no-progress"])
     labels = [r["label"] for r in summary["rows"]]
     assert labels == ["clean", "ATL T=1", "ATL T=1 (consistency 20)", "ATL T=1 (consistency 20; KL chain target)",
-                      "ATL T=2", "ATL T=2 (consistency 20; KL chain target; eps warm-up 3)", "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
+                      "ATL T=2", "ATL T=2 (consistency 20; KL chain target; eps warm-up 3)",
+                      "PGD-40 AT", "FGSM-RS", "N-FGSM", "FGSM-PGI", "ATTA", "Free ATL",
                       "Free ATL (replay 4)", "Free ATL (replay 4) with Free-AT's step"]
     # --methods is comma-separated
     assert not [label for label in {**bench.MNIST_METHODS, **bench.CIFAR_METHODS} if "," in label]
@@ -388,6 +389,9 @@ def test_epoch_cost_interleaves_the_methods_and_reports_ratios_to_clean(tmp_path
     assert all(r["seconds_per_round"] > 0 for r in rows)
     assert abs(by["atl"]["vs_pgd"] - by["atl"]["seconds_per_round"] / by["pgd"]["seconds_per_round"]) < 1e-12
     assert by["pgd"]["vs_clean"] > by["atl"]["vs_clean"]  # 41 passes against ATL's 3
+    # a run of the recipe's epochs (ATL 12, PGD-40 AT 10 on MNIST) against PGD AT's run
+    assert (by["atl"]["epochs"], by["pgd"]["epochs"]) == (12, 10)
+    assert abs(by["atl"]["run_vs_pgd"] - by["atl"]["vs_pgd"] * 12 / 10) < 1e-12 and by["pgd"]["run_vs_pgd"] == 1.0
     text = (tmp_path / "ec.md").read_text()
     assert "| mnist | free-atl |" in text and "| mnist | pgd (PGD-40 AT) |" in text
 
