@@ -272,7 +272,8 @@ def test_torchrun_runs_the_command_line(mnist_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("training atl on mnist (200 examples) on 2 ranks") == 1  # rank 0 alone prints
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(records) == 1 and records[0]["input_grad_evals"] == (200 // 32) * 32
+    # the examples of the full global batches, times the 2 chain steps of ATL's MNIST recipe
+    assert len(records) == 1 and records[0]["input_grad_evals"] == (200 // 32) * 32 * 2
     assert sorted(p.name for p in (out / "ranks" / "e1-s0").iterdir()) == ["rank0-of-2.pt", "rank1-of-2.pt"]
     shard = torch.load(out / "ranks" / "e1-s0" / "rank1-of-2.pt", weights_only=True)["bank"]
     assert shard["memmap"] == str(tmp_path / "bank.rank1-of-2") and "storage" not in shard  # recorded, not copied
