@@ -450,7 +450,13 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         scaler = None if rt is None else rt.scaler  # float16 mixed precision
-        (loss if scaler is None else scaler.scale(loss)).backward()
+        # gradients into the optimised parameters only (and the input, for free ATL): a sample whose graph the inner
+        # step kept (the consistency term's anchor) is a leaf that requires grad, and its gradient, the first layer's
+        # costly backward to the input, would otherwise be computed and thrown away
+        wanted = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+        if self.method.wants_input_grad:
+            wanted.append(x_adv)
+        (loss if scaler is None else scaler.scale(loss)).backward(inputs=wanted)
         if self.method.wants_input_grad:
             self.method.receive_input_grad(x_adv.grad)
         if scaler is None:

@@ -305,3 +305,43 @@ def test_resume_keeps_the_optimizer_implementation_this_run_built():
     again = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     again.load_state_dict(_keep_implementation(fused.state_dict(), again))
     assert not again.param_groups[0]["fused"]
+
+
+class _InputBackwards(torch.autograd.Function):
+    """Identity at the model's input that counts the backward passes that reach the input."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        _InputBackwards.calls += 1
+        return grad
+
+
+class _CountingInput(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(_InputBackwards.apply(x))
+
+
+def test_training_backward_skips_the_input_gradient_of_the_consistency_anchor():
+    # the consistency term keeps the graph of the chain's first step, whose input is a leaf that requires grad: the
+    # training backward must not compute that input's gradient (the first layer's costly backward) for nothing
+    torch.manual_seed(0)
+    data = synthetic_dataset(32)
+    threat = ThreatModel("linf", 0.1)
+    model = _CountingInput(TinyCNN())
+    bank = AdversarialBank(len(data), data.shape, threat, init="uniform")
+    method = ATL(bank, LangevinSampler(threat, eta=0.02, steps=2), consistency=10.0)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), method, progress=False)
+    _InputBackwards.calls = 0
+    trainer.fit(IndexedBatches(data, 16, seed=0), epochs=1)
+    assert _InputBackwards.calls == 2 * 2  # the 2 chain steps of each of the 2 batches, none in training
+    assert all(p.grad is not None for p in model.parameters())
