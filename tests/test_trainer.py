@@ -345,3 +345,27 @@ def test_training_backward_skips_the_input_gradient_of_the_consistency_anchor():
     trainer.fit(IndexedBatches(data, 16, seed=0), epochs=1)
     assert _InputBackwards.calls == 2 * 2  # the 2 chain steps of each of the 2 batches, none in training
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("free", [False, True])
+def test_restricting_the_training_backward_changes_no_result(monkeypatch, free):
+    # the same runs with the backward into every leaf (the behaviour before) give the same parameters and bank
+    from adv_transport.methods import FreeATL
+
+    def run():
+        torch.manual_seed(0)
+        data = synthetic_dataset(32)
+        threat = ThreatModel("linf", 0.1)
+        model = TinyCNN()
+        bank = AdversarialBank(len(data), data.shape, threat, init="uniform")
+        sampler = LangevinSampler(threat, eta=0.02, steps=1 if free else 2)
+        method = FreeATL(bank, sampler) if free else ATL(bank, sampler, consistency=10.0)
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05), method, progress=False)
+        trainer.fit(IndexedBatches(data, 16, seed=0), epochs=2)
+        return [p.detach().clone() for p in model.parameters()], bank.storage.clone()
+
+    params, storage = run()
+    every_leaf = torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, inputs=None, **kw: every_leaf(self, *a, **kw))
+    old_params, old_storage = run()
+    assert all(torch.equal(a, b) for a, b in zip(params, old_params)) and torch.equal(storage, old_storage)
