@@ -697,11 +697,7 @@ class Runtime:
         (a rank stopping alone would leave the others waiting in the next collective until the timeout)."""
         bad = not math.isfinite(trainer._epoch_stats["loss_sum"])
         if agree and self.distributed:
-            flag = torch.tensor([float(bad)], dtype=torch.float64)
-            if dist.get_backend() == "nccl":
-                flag = flag.to(self.device)
-            dist.all_reduce(flag)
-            ranks = int(flag.item())
+            ranks = self.ranks_agreeing(bad)
             bad = ranks > 0
             where += f", on {ranks} of the {self.world_size} ranks"
         if not bad:
@@ -714,6 +710,16 @@ class Runtime:
             epoch=trainer.epoch, step=trainer.step,
             checkpoint=str(trainer.checkpoint_path) if trainer.checkpoint_path else None,
         )
+
+    def ranks_agreeing(self, bad: bool) -> int:
+        """How many ranks passed ``bad=True`` (one all-reduce; every rank must call it at the same point)."""
+        if not self.distributed:
+            return int(bad)
+        flag = torch.tensor([float(bad)], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            flag = flag.to(self.device)
+        dist.all_reduce(flag)
+        return int(flag.item())
 
     _SUMMED = ("input_grad_evals", "param_grad_evals", "forward_evals", "examples")
     _STATS = ("loss_sum", "correct", "seen")

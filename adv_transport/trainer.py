@@ -436,11 +436,17 @@ class Trainer:
             loss = loss + extra
         loss_value = loss.detach()
         deferred = rt is not None and rt.sync_every > 1  # no host synchronisation: checked every sync_every steps
-        if not deferred and not torch.isfinite(loss_value):
+        bad = False if deferred else not bool(torch.isfinite(loss_value))
+        where = ""
+        if not deferred and rt is not None and rt.distributed:  # every rank stops at the same step, or none does
+            ranks = rt.ranks_agreeing(bad)
+            bad, where = ranks > 0, f" on {ranks} of the {rt.world_size} ranks"
+        if bad:
             self.method.discard()
             ckpt = str(self.checkpoint_path) if self.checkpoint_path and self.checkpoint_path.is_file() else None
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss_value.item()}) at epoch {self.epoch} step {self.step}; stopped "
+                f"non-finite training loss{where} (this rank's: {loss_value.item()}) at epoch {self.epoch} step "
+                f"{self.step}; stopped "
                 "before the parameter and bank updates of that step. "
                 f"Last good checkpoint: {ckpt or 'none written yet'}. "
                 "Lower the learning rate or the Langevin step size, then resume.",
@@ -450,13 +456,15 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         scaler = None if rt is None else rt.scaler  # float16 mixed precision
-        # gradients into the optimised parameters only (and the input, for free ATL): a sample whose graph the inner
+        # gradients into the parameters only (and the input, for free ATL): a sample whose graph the inner
         # step kept (the consistency term's anchor) is a leaf that requires grad, and its gradient, the first layer's
         # costly backward to the input, would otherwise be computed and thrown away
-        wanted = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
-        if self.method.wants_input_grad:
-            wanted.append(x_adv)
-        (loss if scaler is None else scaler.scale(loss)).backward(inputs=wanted)
+        # (every parameter that requires grad: the optimised ones and the model's, which DDP's reducer waits for)
+        wanted = {id(p): p for p in model.parameters() if p.requires_grad}
+        for group in self.optimizer.param_groups:
+            wanted.update((id(p), p) for p in group["params"] if p.requires_grad)
+        wanted = list(wanted.values()) + ([x_adv] if self.method.wants_input_grad else [])
+        (loss if scaler is None else scaler.scale(loss)).backward(inputs=wanted or None)
         if self.method.wants_input_grad:
             self.method.receive_input_grad(x_adv.grad)
         if scaler is None:

@@ -222,17 +222,21 @@ def test_kill_one_rank_and_resume_is_bit_identical(two_rank_run, tmp_path, monke
     assert (tmp_path / "mid" / "checkpoint.pt").read_bytes() == before
 
 
-def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_read(tmp_path):
-    # statistics read every 2 steps: rank 1 alone sees a NaN loss at its 2nd step (the parameters stay finite); both
-    # ranks stop there with the error, rank 0 included (not left waiting in the next collective until the timeout)
+@pytest.mark.parametrize("sync_every, message", [
+    (2, "non-finite training loss in epoch 0 between steps 0 and 1, on 1 of the 2 ranks"),
+    (1, "non-finite training loss on 1 of the 2 ranks (this rank's: "),
+])
+def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_read(tmp_path, sync_every, message):
+    # rank 1 alone sees a NaN loss at its 2nd step (the parameters stay finite); both ranks stop at the same read
+    # (statistics read every 2 steps; or every step) with the error, rank 0 included (not left waiting in the next
+    # collective until the timeout, nor failing there with a connection error)
     run = tmp_path / "run"
-    procs = launch({"out": str(tmp_path), "epochs": EPOCHS, "run_dir": str(run), "sync_every": 2,
+    procs = launch({"out": str(tmp_path), "epochs": EPOCHS, "run_dir": str(run), "sync_every": sync_every,
                     "nan_loss": [1, 2]})
     outs = [p.communicate(timeout=50)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode != 0
-        assert "NonFiniteLossError: non-finite training loss in epoch 0 between steps 0 and 1, on 1 of the 2 ranks" \
-            in out, out[-3000:]
+        assert "NonFiniteLossError: " + message in out, out[-3000:]
     assert not (run / "checkpoint.pt").exists()  # nothing written after the NaN
 
 

@@ -369,3 +369,18 @@ def test_restricting_the_training_backward_changes_no_result(monkeypatch, free):
     monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, inputs=None, **kw: every_leaf(self, *a, **kw))
     old_params, old_storage = run()
     assert all(torch.equal(a, b) for a, b in zip(params, old_params)) and torch.equal(storage, old_storage)
+
+
+def test_parameters_outside_the_optimizer_still_get_their_gradients():
+    # the restricted backward covers the model's trainable parameters too (DDP's reducer waits for each of them),
+    # not only the optimiser's: a head-only optimiser leaves the body's gradients as a plain backward would
+    torch.manual_seed(0)
+    data = synthetic_dataset(32)
+    threat = ThreatModel("linf", 0.1)
+    model = TinyCNN()
+    head = list(model.parameters())[-2:]
+    bank = AdversarialBank(len(data), data.shape, threat, init="uniform")
+    method = ATL(bank, LangevinSampler(threat, eta=0.02), consistency=10.0)
+    trainer = Trainer(model, torch.optim.SGD(head, lr=0.05), method, progress=False)
+    trainer.fit(IndexedBatches(data, 16, seed=0), epochs=1)
+    assert all(p.grad is not None for p in model.parameters())
