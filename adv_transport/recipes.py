@@ -208,7 +208,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     # (benchmarks/mnist_sweep.py; the runs: README, "Recipes").
     ("atl", "mnist"): Recipe("atl", **_MNIST, epochs=12, steps=2, eta=0.1, noise_scale=0.2, bank_init="uniform",
                              consistency=20.0, chain_target="kl", eps_ramp=3),
-    # free ATL: ATL's chain settings, the chain advanced by the training pass's own input gradient
+    # free ATL: ATL's eta and noise (one step per visit, no warm-up), the chain advanced by the training pass's own
+    # input gradient
     ("free-atl", "mnist"): Recipe(
         "free-atl", **_MNIST, epochs=20, steps=1, eta=0.1, noise_scale=0.2, bank_init="uniform"
     ),

@@ -1,4 +1,5 @@
-"""Training cost per batch of clean training, ATL T=1, free ATL, FGSM-RS and PGD AT, timed side by side.
+"""Training cost per batch of clean training, ATL (its recipe's chain steps), free ATL, FGSM-RS and PGD AT, timed side
+by side.
 
 PGD AT is the studies' multi-step reference (MNIST: PGD-40 AT; CIFAR-10: PGD-10 AT, step 2/255), so each method's
 cost is also given as a share of its training time (the targets "<= 1/8 of PGD-40 AT" and "<= 1/4 of PGD-10 AT").

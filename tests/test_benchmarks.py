@@ -51,7 +51,7 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     assert rows["clean"]["epoch_cost_vs_clean"] == 1.0 and rows["ATL T=1"]["bank_bytes"] > 0
     assert all("seconds_to_target" in r for r in rows.values())
     assert (tmp_path / "out" / "robust_error_vs_time.png").stat().st_size > 1000
-    text = md.read_text()  # the MNIST targets on means over seeds, for each ATL T=1 row
+    text = md.read_text()  # the MNIST targets on means over seeds, for each ATL row
     for label in ("ATL T=1", "ATL T=1 (consistency 20)", "ATL T=1 (consistency 20; KL chain target)"):
         assert f"{label} AutoAttack" in text and f"of {label}'s accuracy after the white-box attacks" in text
     text = md.read_text()
