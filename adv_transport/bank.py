@@ -75,6 +75,21 @@ def _last_occurrences(key: torch.Tensor) -> torch.Tensor | None:
     return torch.full((uniq.numel(),), -1, dtype=torch.long, device=key.device).scatter_reduce_(0, inverse, pos, "amax")
 
 
+def _last_occurrence_rows(key: torch.Tensor, num_keys: int, *values: torch.Tensor,
+                          slots: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """The rows of ``values`` with every occurrence of a repeated ``key`` given its last occurrence's row, so that
+    ``table[key] = value`` stores the last occurrence (with a repeated index it stores an unspecified one: threads and
+    GPU blocks race). Without a host synchronisation (unlike :func:`_last_occurrences`): one scatter into
+    ``num_keys`` slots (``slots``: a reusable int64 buffer of that size; else one is allocated)."""
+    if key.numel() < 2:
+        return values
+    if slots is None:
+        slots = torch.empty(num_keys, dtype=torch.long, device=key.device)
+    pos = torch.arange(key.numel(), device=key.device)
+    winner = slots.scatter_reduce_(0, key, pos, "amax", include_self=False)[key]
+    return tuple(v.index_select(0, winner.to(v.device)) for v in values)
+
+
 def check_indices(idx: torch.Tensor, num_examples: int) -> torch.Tensor:
     """``idx`` as int64 after checking that it is an integer tensor of dataset indices in ``[0, num_examples)``
     (:class:`ConfigError` otherwise)."""

@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import accel
-from .bank import DTYPES, AdversarialBank, check_indices
+from .bank import DTYPES, AdversarialBank, _last_occurrence_rows, check_indices
 from .bankfile import read_bank_files, take_rows
 from .checkpoint import atomic_save, rng_states, safe_load, set_rng_states
 from .data import IndexedBatches
@@ -279,9 +279,7 @@ class ShardedBank(AdversarialBank):
             n_keys = self.num_examples * self.copies
             if self._scratch is None or self._scratch.device != dev or self._scratch.numel() != n_keys:
                 self._scratch = torch.empty(n_keys, dtype=torch.long, device=dev)
-            pos = torch.arange(key.numel(), device=dev)
-            winner = self._scratch.scatter_reduce_(0, key, pos, "amax", include_self=False)[key]
-            stored = stored.index_select(0, winner)
+            (stored,) = _last_occurrence_rows(key, n_keys, stored, slots=self._scratch)
         home = self.storage.device
         if home == dev:
             self.storage.view(-1, *self.shape).index_copy_(0, key, stored)

@@ -31,24 +31,12 @@ import torch.nn.functional as F
 
 from .accel import as_training_logits
 from .attacks import fgsm, input_gradient, pgd
-from .bank import AdversarialBank
+from .bank import AdversarialBank, _last_occurrence_rows
 from .errors import ConfigError
 from .langevin import LangevinSampler
 from .modes import check_model_mode, model_mode
 from .schedules import value_at
 from .threat import ThreatModel
-
-
-def _last_rows(idx: torch.Tensor, num_rows: int, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The rows of ``values`` with every occurrence of a repeated index given its last occurrence's row, so that
-    ``table[idx] = value`` stores the last occurrence (with a repeated index it stores an unspecified one: threads
-    and GPU blocks race). Without a host synchronisation (no ``unique``): one scatter into ``num_rows`` slots."""
-    if idx.numel() < 2:
-        return values
-    pos = torch.arange(idx.numel(), device=idx.device)
-    slots = torch.empty(num_rows, dtype=torch.long, device=idx.device)
-    winner = slots.scatter_reduce_(0, idx, pos, "amax", include_self=False)[idx]
-    return tuple(v.index_select(0, winner.to(v.device)) for v in values)
 
 
 def warmed_up(threat: ThreatModel, t: float, ramp: float) -> ThreatModel:
@@ -407,7 +395,7 @@ class ATL(_Stored, InnerStep):
             self.bank.write(idx, copy, delta, x)
             if velocity is not None:  # a repeated example keeps its last occurrence's velocity, as the bank does
                 rows = idx.to(self.velocity.device)
-                (velocity,) = _last_rows(rows, len(self.velocity), velocity.to(self.velocity.device))
+                (velocity,) = _last_occurrence_rows(rows, len(self.velocity), velocity.to(self.velocity.device))
                 self.velocity[rows] = velocity
             self._pending = None
 
@@ -592,7 +580,7 @@ class FGSMPGI(_Stored, _Attacked):
         if bool(fresh.any()):
             corner = torch.rand((int(fresh.sum()),) + self.delta.shape[1:], generator=self.generator) * 2 - 1
             rows = cpu_idx[fresh]
-            (corner,) = _last_rows(rows, len(self.delta), corner)
+            (corner,) = _last_occurrence_rows(rows, len(self.delta), corner)
             self.delta[rows] = self.threat.eps * corner.sign()
             self.momentum[rows] = 0.0
         d = self.delta[cpu_idx].to(x.device)
@@ -609,7 +597,8 @@ class FGSMPGI(_Stored, _Attacked):
     def commit(self):
         if self._pending is not None:
             idx, d, m = self._pending
-            d, m = _last_rows(idx, len(self.delta), d, m)  # a repeated example: its last occurrence's, as in the bank
+            # a repeated example keeps its last occurrence's prior and momentum, as the bank does
+            d, m = _last_occurrence_rows(idx, len(self.delta), d, m)
             self.delta[idx], self.momentum[idx] = d, m
             self.initialized[idx] = True
             self._pending = None
