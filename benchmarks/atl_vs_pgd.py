@@ -30,10 +30,17 @@ import torch
 import adv_transport as at
 from adv_transport.eval import evaluate, pgd_defaults
 from adv_transport.recipes import Recipe, recipe
-from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, mean_std, replace_section, square_drop  # noqa: E402 - shared by the scripts
+from bench_common import (  # noqa: E402 - shared by the scripts
+    git_commit,
+    mean_std,
+    replace_section,
+    resumable_training,
+    slug,
+    square_drop,
+    training_done,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,13 +100,17 @@ def run_recipe(method_name, changes, args):
     return r
 
 
-def train_one(label, method_name, changes, args, train, test, threat, device):
+def train_one(label, method_name, changes, args, train, test, threat, device, partial: Path):
+    """Train one method (continuing it from ``partial``, its checkpoint folder, when an earlier invocation was cut
+    off part-way through it)."""
     r = run_recipe(method_name, changes, args)
     # identical initialisation and data order for every method (seeded), the same loop and per-epoch check
-    trainer, batches = build_training(r, train, test, seed=args.seed, device=device, eval_n=args.eval_n,
-                                      progress=not args.no_progress, config={"recipe": r.to_dict()})
+    trainer, batches, resumed_at = resumable_training(r, train, test, partial, seed=args.seed, device=device,
+                                                      eval_n=args.eval_n, progress=not args.no_progress)
     method = trainer.method
-    print(f"[{label}] {r.epochs} epochs, {method.describe()}", file=sys.stderr, flush=True)
+    print(f"[{label}] {r.epochs} epochs, {method.describe()}"
+          + ("" if resumed_at is None else f" (resumed at epoch {resumed_at} from {partial})"), file=sys.stderr,
+          flush=True)
     start = time.perf_counter()
     trainer.fit(batches, r.epochs)
     wall = time.perf_counter() - start
@@ -114,7 +125,8 @@ def train_one(label, method_name, changes, args, train, test, threat, device):
         "label": label,
         "recipe": r.to_dict(),
         "history": trainer.history,
-        "wall_seconds": wall,
+        "wall_seconds": wall,  # after the resume only, for a resumed run
+        "resumed_at_epoch": resumed_at,
         "inner_step": method.describe(),
     }
     if hasattr(method, "bank"):
@@ -552,12 +564,14 @@ def main(argv=None):
             continue
         if label not in methods:
             continue
-        model, res = train_one(label, name, changes, args, train, test, threat, device)
+        partial = run_dir / "partial" / slug(label)  # the method's checkpoints while it trains (git-ignored)
+        model, res = train_one(label, name, changes, args, train, test, threat, device, partial)
         res["final"] = final_eval(model, test, threat, args, device)
         if res["final"].get("sanity_warnings"):
             print(f"[{label}] sanity: {res['final']['sanity_warnings']}", file=sys.stderr, flush=True)
         results[label] = res
         (run_dir / "results.json").write_text(json.dumps({"partial": True, "results": results}, indent=1))
+        training_done(partial)
     summary = summarise(results, args.dataset)
     steps, step_size = pgd_defaults(args.dataset, threat)
     meta = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import statistics
 import subprocess
 from pathlib import Path
@@ -21,6 +22,36 @@ def git_commit() -> str:
                               text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001 - a missing git only loses the label
         return "unknown"
+
+
+def resumable_training(r, train, test, where: Path, **kwargs):
+    """``build_training(r, train, test, **kwargs)`` with the run's checkpoint and ``log.jsonl`` in ``where`` (one
+    checkpoint per finished epoch, bank and selection state included): a run cut off part-way (a killed process, the
+    end of a session) continues from its last finished epoch when the script runs again, bit-identically on the CPU.
+    A checkpoint written with other settings (the recipe) is refused with a :class:`ConfigError` naming the
+    difference and left as it is. Returns ``(trainer, batches, resumed_at)``: the epoch the run resumed at, None for
+    a fresh run. :func:`training_done` removes ``where`` once the run's result is saved."""
+    from adv_transport.checkpoint import load_checkpoint, previous_path, recover_checkpoint
+    from adv_transport.errors import ConfigError, settings_differ
+    from adv_transport.training import build_training
+
+    where = Path(where)
+    config = {**kwargs.pop("config", {}), "recipe": r.to_dict()}
+    ckpt = where / "checkpoint.pt"
+    if ckpt.is_file() or previous_path(ckpt).is_file():
+        recover_checkpoint(where)  # a checkpoint.pt cut off while written: its predecessor takes its place
+        stored = load_checkpoint(ckpt, fallback=False).get("config", {}).get("recipe", {})
+        differ = settings_differ(f"cannot resume the interrupted run in {where}", stored, config["recipe"],
+                                 advice=f"The checkpoint was left as it is; remove {where} to train this run afresh.")
+        if differ:
+            raise ConfigError(differ)
+    trainer, batches = build_training(r, train, test, run_dir=where, config=config, **kwargs)
+    return trainer, batches, (trainer.epoch if trainer.resume() else None)
+
+
+def training_done(where: Path) -> None:
+    """Remove an interrupted-run folder of :func:`resumable_training` once the run's result is saved."""
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def slug(text: str) -> str:

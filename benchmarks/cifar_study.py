@@ -12,7 +12,9 @@ optimizer, schedule and seed for every method):
   images of the selected model.
 
 Each run is saved as soon as it ends (``<out>/runs/<key>.json``) and skipped when the command is run again, so an
-interrupted study resumes run by run. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack accuracy,
+interrupted study resumes run by run; while a run trains, its checkpoint (bank included) is kept after every epoch in
+``<out>/partial/<key>/`` (git-ignored; removed when the run ends), so a run cut off part-way continues from its last
+finished epoch. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack accuracy,
 training seconds, gradient evaluations), ``<out>/study.png`` and a BENCHMARKS.md section are rebuilt from whatever
 runs exist (``report`` rebuilds them without training).
 
@@ -45,10 +47,18 @@ import torch
 import adv_transport as at
 from adv_transport.eval import evaluate
 from adv_transport.recipes import recipe
-from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, mean_std, replace_section, seed_means, slug, square_drop  # noqa: E402, F401 - shared
+from bench_common import (  # noqa: E402, F401 - shared
+    git_commit,
+    mean_std,
+    replace_section,
+    resumable_training,
+    seed_means,
+    slug,
+    square_drop,
+    training_done,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSY_LABEL = (
@@ -210,16 +220,19 @@ def hardware(args) -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} thread(s)"
 
 
-def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
+def train_and_evaluate(mode, label, method, changes, eps, seed, data, args, partial: Path):
+    """Train one run (continuing it from ``partial``, its checkpoint folder, when an earlier invocation was cut off)
+    and evaluate its selected model."""
     train, val, test = data
     r = study_recipe(method, changes, eps, args.epochs, args.norm, common_settings(args))
     threat = at.ThreatModel(r.norm, r.eps)
     runtime = make_runtime(args, seed)
-    trainer, batches = build_training(
-        r, train, None if mode == "sweep" else test, seed=seed, device=args.device, eval_n=args.test_pgd_n, val=val,
-        val_n=args.val_n, runtime=runtime, progress=not args.no_progress, config={"recipe": r.to_dict()},
+    trainer, batches, resumed_at = resumable_training(
+        r, train, None if mode == "sweep" else test, partial, seed=seed, device=args.device, eval_n=args.test_pgd_n,
+        val=val, val_n=args.val_n, runtime=runtime, progress=not args.no_progress,
     )
-    print(f"[{mode} eps {threat_label(args.norm, eps)} seed {seed}] {label}: {trainer.method.describe()}",
+    print(f"[{mode} eps {threat_label(args.norm, eps)} seed {seed}] {label}: {trainer.method.describe()}"
+          + ("" if resumed_at is None else f" (resumed at epoch {resumed_at} from {partial})"),
           file=sys.stderr, flush=True)
     trainer.fit(batches, r.epochs)
     model = trainer.final_model().eval()
@@ -242,6 +255,7 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args):
         "square_drop": square_drop(final),
         "commit": args.commit, "date": date.today().isoformat(),
         "machine": hardware(args),
+        "resumed_at_epoch": resumed_at,  # wall_seconds then covers the part after the resume only
     }
     print(f"  -> clean {final['clean_acc']:.1f} PGD-20 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
           f"({res['train_seconds']:.0f} s, {res['grad_evals'] / 1e6:.2f} M grad evals)", file=sys.stderr, flush=True)
@@ -578,6 +592,7 @@ def main(argv=None):
         began, not_started = time.perf_counter(), []
         for mode, eps, label, method, changes, seed in plan:
             path = out / "runs" / f"{run_key(mode, eps, label, seed, args.norm, args.model)}.json"
+            partial = out / "partial" / path.stem  # the run's checkpoints while it trains (git-ignored)
             if path.is_file() and not args.force:
                 continue
             if args.stop_after is not None and time.perf_counter() - began > args.stop_after:
@@ -585,7 +600,7 @@ def main(argv=None):
                 continue
             start = time.perf_counter()
             try:
-                res = train_and_evaluate(mode, label, method, changes, eps, seed, data, args)
+                res = train_and_evaluate(mode, label, method, changes, eps, seed, data, args, partial)
             except Exception:
                 if not args.keep_going:
                     raise
@@ -594,6 +609,7 @@ def main(argv=None):
                 continue
             res["wall_seconds"] = time.perf_counter() - start
             at.checkpoint.atomic_write_text(json.dumps(res, indent=1), path)
+            training_done(partial)
             report(out, args)
         if not_started:
             print(f"--stop-after {args.stop_after:g} s: not started: {', '.join(not_started)}", file=sys.stderr)

@@ -7,7 +7,9 @@ first ``--train-n`` training images, seed 0, then clean, PGD-40 and AutoAttack '
 AutoAttack accuracy whose Square drop (points removed by Square after the white-box attacks, a gradient-masking
 symptom) is at most 1.5 becomes the default; `benchmarks/atl_vs_pgd.py` then reports test numbers once.
 
-Each run is saved as ``<out>/runs/<key>.json`` as soon as it ends and skipped when the command is run again;
+Each run is saved as ``<out>/runs/<key>.json`` as soon as it ends and skipped when the command is run again; while
+it trains, its checkpoint is kept after every epoch in ``<out>/partial/<key>/`` (git-ignored; removed when the run
+ends), so a run cut off part-way continues from its last finished epoch;
 ``<out>/sweep.md`` (and the BENCHMARKS.md section between ``<!-- mnist-sweep -->`` markers) is rebuilt from the runs.
 
     python benchmarks/mnist_sweep.py --data-dir ../shared/data
@@ -30,10 +32,17 @@ import torch
 import adv_transport as at
 from adv_transport.eval import evaluate
 from adv_transport.recipes import Recipe, recipe
-from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, replace_section, seed_means, slug, square_drop  # noqa: E402 - shared by the scripts
+from bench_common import (  # noqa: E402 - shared by the scripts
+    git_commit,
+    replace_section,
+    resumable_training,
+    seed_means,
+    slug,
+    square_drop,
+    training_done,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS = 0.3
@@ -97,16 +106,19 @@ def run_key(label: str, seed: int) -> str:
     return f"sweep-{slug(label)}-seed{seed}"
 
 
-def train_and_evaluate(label, changes, seed, train, val, args) -> dict:
+def train_and_evaluate(label, changes, seed, train, val, args, partial: Path) -> dict:
+    """Train one variant (continuing it from ``partial``, its checkpoint folder, when an earlier invocation was cut
+    off) and evaluate its last-epoch model on the validation split."""
     # the variants change ATL's MNIST recipe as it was before the sweep (20 epochs, T = 1, no warm-up, no consistency
     # term, the cross-entropy chain target), whatever the default is now: each label keeps meaning what it ran
     r = recipe("atl", "mnist").replace(**{**BEFORE_THE_SWEEP, **changes})
     if args.epochs:
         r = r.replace(epochs=args.epochs)
     threat = at.ThreatModel(r.norm, EPS)  # the evaluated ball, also for variants trained in another
-    trainer, batches = build_training(r, train, None, seed=seed, progress=not args.no_progress,
-                                      config={"recipe": r.to_dict()})
-    print(f"[mnist sweep] {label}: {trainer.method.describe()}", file=sys.stderr, flush=True)
+    trainer, batches, resumed_at = resumable_training(r, train, None, partial, seed=seed, progress=not args.no_progress)
+    print(f"[mnist sweep] {label}: {trainer.method.describe()}"
+          + ("" if resumed_at is None else f" (resumed at epoch {resumed_at} from {partial})"), file=sys.stderr,
+          flush=True)
     trainer.fit(batches, r.epochs)
     model = trainer.final_model().eval()
     attacks = ["clean", "pgd"] + ([] if args.no_autoattack else ["autoattack"])
@@ -121,6 +133,7 @@ def train_and_evaluate(label, changes, seed, train, val, args) -> dict:
         "final": {k: v for k, v in final.items() if k != "per_class"}, "square_drop": square_drop(final),
         "commit": args.commit, "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+        "resumed_at_epoch": resumed_at,  # wall_seconds then covers the part after the resume only
     }
     print(f"  -> val clean {final['clean_acc']:.1f} PGD-40 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
           f"Square drop {res['square_drop']} ({res['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
@@ -212,10 +225,12 @@ def main(argv=None):
             path = out / "runs" / f"{run_key(label, args.seed)}.json"
             if path.is_file() and not args.force:
                 continue
+            partial = out / "partial" / path.stem  # the run's checkpoints while it trains (git-ignored)
             start = time.perf_counter()
-            res = train_and_evaluate(label, VARIANTS[label], args.seed, train, val, args)
+            res = train_and_evaluate(label, VARIANTS[label], args.seed, train, val, args, partial)
             res["wall_seconds"] = time.perf_counter() - start
             at.checkpoint.atomic_write_text(json.dumps(res, indent=1), path)
+            training_done(partial)
             report(out, args)
     print(report(out, args))
 

@@ -34,6 +34,9 @@ def test_atl_vs_pgd_quick_mode_runs_end_to_end(mnist_dir, tmp_path):
     assert not [label for label in {**bench.MNIST_METHODS, **bench.CIFAR_METHODS} if "," in label]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["meta"]["train_n"] == 200
+    # each method's checkpoints are kept while it trains, removed once its result is saved
+    assert not list((tmp_path / "out" / "partial").iterdir())
+    assert all(res["resumed_at_epoch"] is None for res in results["results"].values())
     from adv_transport.recipes import recipe
 
     for label, res in results["results"].items():
@@ -143,6 +146,7 @@ def test_mnist_sweep_quick_mode_judges_on_validation_and_resumes(mnist_dir, tmp_
     assert run["final_on"] == "validation" and run["final"]["n_examples"] == 10
     assert run["recipe"]["method"] == "atl" and run["recipe"]["epochs"] == 1
     assert run["recipe"]["chain_target"] == "ce"  # the variants change the recipe before the KL default
+    assert run["resumed_at_epoch"] is None and not list((out / "partial").iterdir())  # checkpoints gone once saved
     stamps = [p.stat().st_mtime_ns for p in runs]
     sweep.main(args)  # a rerun skips finished variants
     assert [p.stat().st_mtime_ns for p in runs] == stamps
@@ -280,6 +284,59 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert [r["seed"] for r in sweep_runs] == [0, 1]
     assert all(r["final_on"] == "validation" and all("pgd_acc" not in h for h in r["history"]) for r in sweep_runs)
     assert re.search(r"\| eta eps/2, s 0.05 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \|", (tmp_path / "B2.md").read_text())
+
+
+def test_cifar_study_run_cut_off_part_way_continues_from_its_last_epoch(tmp_path, monkeypatch, capsys):
+    """A run killed after its first epoch's checkpoint continues from it when the study runs again and ends exactly
+    as an uninterrupted run (history and final numbers, bank and selection state included); its checkpoint folder
+    goes once the result is saved; a checkpoint of other settings is refused and left as it is."""
+    import pytest
+
+    from adv_transport.errors import ConfigError
+    from adv_transport.trainer import Trainer
+
+    study = load("cifar_study")
+    data = write_synthetic_cifar(tmp_path / "data")
+    common = ["study", "--quick", "--data-dir", str(data), "--no-progress", "--val-n", "100", "--no-autoattack",
+              "--methods", "ATL", "--epochs", "3", "--benchmarks-md", str(tmp_path / "B.md")]
+    study.main([*common, "--out", str(tmp_path / "whole")])
+    key = "study-eps8-ATL-seed0"
+    whole = json.loads((tmp_path / "whole" / "runs" / f"{key}.json").read_text())
+    assert whole["resumed_at_epoch"] is None and not (tmp_path / "whole" / "partial" / key).exists()
+
+    class Killed(BaseException):
+        pass
+
+    real_save = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        path = real_save(self)
+        if self.epoch == 1:  # the first epoch's checkpoint is on disk
+            raise Killed
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        study.main([*common, "--out", str(tmp_path / "cut")])
+    partial = tmp_path / "cut" / "partial" / key
+    assert (partial / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "runs" / f"{key}.json").exists()
+    monkeypatch.setattr(Trainer, "save_checkpoint", real_save)
+    # settings that differ from the checkpoint's: refused, the checkpoint untouched
+    stamp = (partial / "checkpoint.pt").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"cannot resume the interrupted run .*epochs: stored 3, now 4"):
+        study.main([*common[:-4], "--epochs", "4", "--benchmarks-md", str(tmp_path / "B.md"), "--out",
+                    str(tmp_path / "cut")])
+    assert (partial / "checkpoint.pt").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    study.main([*common, "--out", str(tmp_path / "cut")])
+    assert f"(resumed at epoch 1 from {partial})" in capsys.readouterr().err
+    cut = json.loads((tmp_path / "cut" / "runs" / f"{key}.json").read_text())
+    assert cut["resumed_at_epoch"] == 1 and not partial.exists()
+    timing = ("seconds", "train_seconds", "epoch_seconds", "eval_seconds")
+    strip = lambda h: [{k: v for k, v in e.items() if k not in timing} for e in h]  # noqa: E731
+    assert len(cut["history"]) == 3 and strip(cut["history"]) == strip(whole["history"])
+    assert strip([cut["final"]]) == strip([whole["final"]]) and cut["selected_epoch"] == whole["selected_epoch"]
+    assert cut["grad_evals"] == whole["grad_evals"]
 
 
 def test_cifar_study_targets_hold_every_atl_row_against_the_best_single_step_row_of_any_tricks():
