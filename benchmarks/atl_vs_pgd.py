@@ -37,6 +37,7 @@ from bench_common import (  # noqa: E402 - shared by the scripts
     mean_std,
     replace_section,
     resumable_training,
+    resumed_note,
     slug,
     square_drop,
     training_done,
@@ -100,16 +101,15 @@ def run_recipe(method_name, changes, args):
     return r
 
 
-def train_one(label, method_name, changes, args, train, test, threat, device, partial: Path):
+def train_one(label, method_name, changes, args, train, test, threat, device, partial: Path, commit: str):
     """Train one method (continuing it from ``partial``, its checkpoint folder, when an earlier invocation was cut
     off part-way through it)."""
     r = run_recipe(method_name, changes, args)
     # identical initialisation and data order for every method (seeded), the same loop and per-epoch check
-    trainer, batches, resumed_at = resumable_training(r, train, test, partial, seed=args.seed, device=device,
-                                                      eval_n=args.eval_n, progress=not args.no_progress)
+    trainer, batches, resumed = resumable_training(r, train, test, partial, seed=args.seed, device=device,
+                                                   eval_n=args.eval_n, progress=not args.no_progress, commit=commit)
     method = trainer.method
-    print(f"[{label}] {r.epochs} epochs, {method.describe()}"
-          + ("" if resumed_at is None else f" (resumed at epoch {resumed_at} from {partial})"), file=sys.stderr,
+    print(f"[{label}] {r.epochs} epochs, {method.describe()}{resumed_note(resumed, partial)}", file=sys.stderr,
           flush=True)
     start = time.perf_counter()
     trainer.fit(batches, r.epochs)
@@ -126,7 +126,8 @@ def train_one(label, method_name, changes, args, train, test, threat, device, pa
         "recipe": r.to_dict(),
         "history": trainer.history,
         "wall_seconds": wall,  # after the resume only, for a resumed run
-        "resumed_at_epoch": resumed_at,
+        "resumed_at_epoch": None if resumed is None else resumed["epoch"],
+        "started_on_commit": None if resumed is None else resumed["commit"],  # else the run's meta commit
         "inner_step": method.describe(),
     }
     if hasattr(method, "bank"):
@@ -558,6 +559,10 @@ def main(argv=None):
         results = saved["results"]
         stopped_before = [label for label in methods_all if label in {**methods, **reused} and label not in results]
         methods, reused = {}, {}
+        kept = sorted(str(d) for d in (run_dir / "partial").glob("*") if d.is_dir())
+        if kept:
+            print(f"--close-partial: the checkpoints of the unfinished methods stay in {', '.join(kept)}; a later "
+                  "run of this --seed/--part continues them (remove them to start afresh)", file=sys.stderr)
     for label, (name, changes) in methods_all.items():
         if label in reused:
             results[label] = reused[label]
@@ -565,7 +570,7 @@ def main(argv=None):
         if label not in methods:
             continue
         partial = run_dir / "partial" / slug(label)  # the method's checkpoints while it trains (git-ignored)
-        model, res = train_one(label, name, changes, args, train, test, threat, device, partial)
+        model, res = train_one(label, name, changes, args, train, test, threat, device, partial, commit)
         res["final"] = final_eval(model, test, threat, args, device)
         if res["final"].get("sanity_warnings"):
             print(f"[{label}] sanity: {res['final']['sanity_warnings']}", file=sys.stderr, flush=True)

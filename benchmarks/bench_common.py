@@ -7,6 +7,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,34 +25,77 @@ def git_commit() -> str:
         return "unknown"
 
 
-def resumable_training(r, train, test, where: Path, **kwargs):
+def run_settings(train, kwargs: dict) -> dict:
+    """What a run's training depends on besides its recipe, from ``build_training``'s arguments: the seed, the
+    training set (name, size, lossy or not), the validation split's size and how much of it is checked, the device
+    and the runtime's mixed precision and memory format."""
+    val, runtime = kwargs.get("val"), kwargs.get("runtime")
+    return {
+        "seed": kwargs.get("seed", 0), "train_data": getattr(train, "name", None), "train_n": len(train),
+        "lossy": getattr(train, "lossy", None), "val_n": None if val is None else len(val),
+        "val_checked": None if val is None else kwargs.get("val_n"), "device": str(kwargs.get("device", "cpu")),
+        "amp": getattr(runtime, "amp", "off"), "channels_last": bool(getattr(runtime, "channels_last", False)),
+    }
+
+
+def resumable_training(r, train, test, where: Path | None, *, commit: str, **kwargs):
     """``build_training(r, train, test, **kwargs)`` with the run's checkpoint and ``log.jsonl`` in ``where`` (one
     checkpoint per finished epoch, bank and selection state included): a run cut off part-way (a killed process, the
-    end of a session) continues from its last finished epoch when the script runs again, bit-identically on the CPU.
-    A checkpoint written with other settings (the recipe) is refused with a :class:`ConfigError` naming the
-    difference and left as it is. Returns ``(trainer, batches, resumed_at)``: the epoch the run resumed at, None for
-    a fresh run. :func:`training_done` removes ``where`` once the run's result is saved."""
+    end of a session) continues from its last finished epoch when the script runs again, bit-identically on the CPU
+    with the same number of threads. A checkpoint written with other settings (the recipe, :func:`run_settings`) is
+    refused with a :class:`ConfigError` naming the difference and left as it is. ``where=None``: no checkpoints (a
+    machine that cannot resume, such as a lent GPU's). ``commit``: the code this invocation runs (stored with a
+    fresh run's checkpoints).
+
+    Returns ``(trainer, batches, resumed)``: ``resumed`` is None for a fresh run, else ``{"epoch": the epoch it
+    resumed at, "commit": the commit it started on}``. :func:`training_done` removes ``where`` once the run's result
+    is saved."""
     from adv_transport.checkpoint import load_checkpoint, previous_path, recover_checkpoint
     from adv_transport.errors import ConfigError, settings_differ
     from adv_transport.training import build_training
 
+    if where is None:
+        return (*build_training(r, train, test, **kwargs), None)
     where = Path(where)
-    config = {**kwargs.pop("config", {}), "recipe": r.to_dict()}
+    config = {**kwargs.pop("config", {}), "recipe": r.to_dict(), "settings": run_settings(train, kwargs),
+              "commit": commit}
     ckpt = where / "checkpoint.pt"
     if ckpt.is_file() or previous_path(ckpt).is_file():
-        recover_checkpoint(where)  # a checkpoint.pt cut off while written: its predecessor takes its place
-        stored = load_checkpoint(ckpt, fallback=False).get("config", {}).get("recipe", {})
-        differ = settings_differ(f"cannot resume the interrupted run in {where}", stored, config["recipe"],
-                                 advice=f"The checkpoint was left as it is; remove {where} to train this run afresh.")
+        stored = load_checkpoint(ckpt).get("config", {})  # a broken checkpoint.pt: its predecessor, with a warning
+        differ = settings_differ(
+            f"cannot resume the interrupted run in {where}",
+            {**stored.get("recipe", {}), **stored.get("settings", {})}, {**config["recipe"], **config["settings"]},
+            advice=f"The checkpoint was left as it is; remove {where} to train this run afresh.",
+        )
         if differ:
             raise ConfigError(differ)
+        note = recover_checkpoint(where)  # only now: a refused checkpoint stays as it was
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        config["commit"] = stored.get("commit", "unknown")  # the record names the commit the run started on
     trainer, batches = build_training(r, train, test, run_dir=where, config=config, **kwargs)
-    return trainer, batches, (trainer.epoch if trainer.resume() else None)
+    resumed = {"epoch": trainer.epoch, "commit": config["commit"]} if trainer.resume() else None
+    return trainer, batches, resumed
 
 
-def training_done(where: Path) -> None:
+def resumed_fields(resumed: dict | None, commit: str) -> dict:
+    """A run record's account of a resume (``resumed`` from :func:`resumable_training`, ``commit`` this invocation's):
+    ``commit`` is the one the run started on, ``resumed_at_epoch`` and ``resumed_on_commit`` say where it went on."""
+    if resumed is None:
+        return {"commit": commit, "resumed_at_epoch": None, "resumed_on_commit": None}
+    return {"commit": resumed["commit"], "resumed_at_epoch": resumed["epoch"], "resumed_on_commit": commit}
+
+
+def resumed_note(resumed: dict | None, where: Path | None) -> str:
+    """`` (resumed at epoch E from <where>, started on commit C)`` for a resumed run's progress line, else ''."""
+    return "" if resumed is None else (f" (resumed at epoch {resumed['epoch']} from {where}, started on commit "
+                                       f"{resumed['commit']})")
+
+
+def training_done(where: Path | None) -> None:
     """Remove an interrupted-run folder of :func:`resumable_training` once the run's result is saved."""
-    shutil.rmtree(where, ignore_errors=True)
+    if where is not None:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def slug(text: str) -> str:

@@ -13,10 +13,10 @@ optimizer, schedule and seed for every method):
 
 Each run is saved as soon as it ends (``<out>/runs/<key>.json``) and skipped when the command is run again, so an
 interrupted study resumes run by run; while a run trains, its checkpoint (bank included) is kept after every epoch in
-``<out>/partial/<key>/`` (git-ignored; removed when the run ends), so a run cut off part-way continues from its last
-finished epoch. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack accuracy,
-training seconds, gradient evaluations), ``<out>/study.png`` and a BENCHMARKS.md section are rebuilt from whatever
-runs exist (``report`` rebuilds them without training).
+``<out>/partial/<key>/`` (git-ignored; removed once its result is saved; `--no-checkpoints`: none), so a run cut off
+part-way continues from its last finished epoch. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack
+accuracy, training seconds, gradient evaluations), ``<out>/study.png`` and a BENCHMARKS.md section are rebuilt from
+whatever runs exist (``report`` rebuilds them without training).
 
     python benchmarks/cifar_study.py sweep  --data-dir ../shared/data
     python benchmarks/cifar_study.py sweep  --seeds 1,2 --methods "eta 1.25 eps, s 0.05, consistency 10"  # more seeds
@@ -54,6 +54,8 @@ from bench_common import (  # noqa: E402, F401 - shared
     mean_std,
     replace_section,
     resumable_training,
+    resumed_fields,
+    resumed_note,
     seed_means,
     slug,
     square_drop,
@@ -227,13 +229,13 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args, part
     r = study_recipe(method, changes, eps, args.epochs, args.norm, common_settings(args))
     threat = at.ThreatModel(r.norm, r.eps)
     runtime = make_runtime(args, seed)
-    trainer, batches, resumed_at = resumable_training(
+    partial = None if args.no_checkpoints else partial
+    trainer, batches, resumed = resumable_training(
         r, train, None if mode == "sweep" else test, partial, seed=seed, device=args.device, eval_n=args.test_pgd_n,
-        val=val, val_n=args.val_n, runtime=runtime, progress=not args.no_progress,
+        val=val, val_n=args.val_n, runtime=runtime, progress=not args.no_progress, commit=args.commit,
     )
     print(f"[{mode} eps {threat_label(args.norm, eps)} seed {seed}] {label}: {trainer.method.describe()}"
-          + ("" if resumed_at is None else f" (resumed at epoch {resumed_at} from {partial})"),
-          file=sys.stderr, flush=True)
+          + resumed_note(resumed, partial), file=sys.stderr, flush=True)
     trainer.fit(batches, r.epochs)
     model = trainer.final_model().eval()
     target, n = (val, args.val_aa_n) if mode == "sweep" else (test, args.aa_n)
@@ -253,9 +255,9 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args, part
         "final_on": "validation" if mode == "sweep" else "test",
         "final": {k: v for k, v in final.items() if k != "per_class"},
         "square_drop": square_drop(final),
-        "commit": args.commit, "date": date.today().isoformat(),
-        "machine": hardware(args),
-        "resumed_at_epoch": resumed_at,  # wall_seconds then covers the part after the resume only
+        "date": date.today().isoformat(), "machine": hardware(args),
+        # the commit the run started on; a resumed run's wall_seconds, date and machine are the resuming invocation's
+        **resumed_fields(resumed, args.commit),
     }
     print(f"  -> clean {final['clean_acc']:.1f} PGD-20 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
           f"({res['train_seconds']:.0f} s, {res['grad_evals'] / 1e6:.2f} M grad evals)", file=sys.stderr, flush=True)
@@ -531,6 +533,9 @@ def main(argv=None):
     p.add_argument("--no-autoattack", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny slices, 1 epoch, 1 seed")
     p.add_argument("--force", action="store_true", help="rerun runs that already have a result")
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="keep no per-epoch checkpoint of the run in training (<out>/partial/), e.g. on a machine that "
+                        "cannot resume; a run cut off then starts afresh")
     p.add_argument("--data-dir")
     p.add_argument("--out", help="default benchmarks/results/cifar10")
     p.add_argument("--benchmarks-md")
@@ -594,6 +599,7 @@ def main(argv=None):
             path = out / "runs" / f"{run_key(mode, eps, label, seed, args.norm, args.model)}.json"
             partial = out / "partial" / path.stem  # the run's checkpoints while it trains (git-ignored)
             if path.is_file() and not args.force:
+                training_done(partial)  # a checkpoint left by a kill between the result's write and its removal
                 continue
             if args.stop_after is not None and time.perf_counter() - began > args.stop_after:
                 not_started.append(path.stem)

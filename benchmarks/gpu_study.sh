@@ -45,9 +45,9 @@ mkdir -p "$OUT" "$STUDY" /tmp/gpu_data
   left=$((LIMIT - SECONDS))
   timeout "$left" python3 benchmarks/cifar_study.py study --device "$DEVICE" --amp $AMP --channels-last \
     --model "$MODEL" --eps 8 --seeds "$SEEDS" $EXTRA --methods "$METHODS" --epochs "$EPOCHS" --eps-ramp "$EPS_RAMP" \
-    --stop-after $((left - RUN_S)) --keep-going --data-dir /tmp/gpu_data --out "$STUDY" \
+    --stop-after $((left - RUN_S)) --keep-going --no-checkpoints --data-dir /tmp/gpu_data --out "$STUDY" \
     --benchmarks-md /tmp/gpu_bench.md --no-progress
   echo "study exit status $?"; date -u
-  # one archive: the machine returns at most 8 files
-  tar czf "$OUT/study.tgz" -C "$STUDY" . && ls "$STUDY/runs"
+  # one archive: the machine returns at most 8 files (never a run's checkpoints: nothing resumes on a fresh machine)
+  tar czf "$OUT/study.tgz" --exclude=./partial -C "$STUDY" . && ls "$STUDY/runs"
 } 2>&1 | grep --line-buffered -v -E "UserWarning|load_dataset\(" | tee "$OUT/log.txt"

@@ -8,8 +8,8 @@ AutoAttack accuracy whose Square drop (points removed by Square after the white-
 symptom) is at most 1.5 becomes the default; `benchmarks/atl_vs_pgd.py` then reports test numbers once.
 
 Each run is saved as ``<out>/runs/<key>.json`` as soon as it ends and skipped when the command is run again; while
-it trains, its checkpoint is kept after every epoch in ``<out>/partial/<key>/`` (git-ignored; removed when the run
-ends), so a run cut off part-way continues from its last finished epoch;
+it trains, its checkpoint is kept after every epoch in ``<out>/partial/<key>/`` (git-ignored; removed once its
+result is saved), so a run cut off part-way continues from its last finished epoch;
 ``<out>/sweep.md`` (and the BENCHMARKS.md section between ``<!-- mnist-sweep -->`` markers) is rebuilt from the runs.
 
     python benchmarks/mnist_sweep.py --data-dir ../shared/data
@@ -38,6 +38,8 @@ from bench_common import (  # noqa: E402 - shared by the scripts
     git_commit,
     replace_section,
     resumable_training,
+    resumed_fields,
+    resumed_note,
     seed_means,
     slug,
     square_drop,
@@ -115,9 +117,9 @@ def train_and_evaluate(label, changes, seed, train, val, args, partial: Path) ->
     if args.epochs:
         r = r.replace(epochs=args.epochs)
     threat = at.ThreatModel(r.norm, EPS)  # the evaluated ball, also for variants trained in another
-    trainer, batches, resumed_at = resumable_training(r, train, None, partial, seed=seed, progress=not args.no_progress)
-    print(f"[mnist sweep] {label}: {trainer.method.describe()}"
-          + ("" if resumed_at is None else f" (resumed at epoch {resumed_at} from {partial})"), file=sys.stderr,
+    trainer, batches, resumed = resumable_training(r, train, None, partial, seed=seed, progress=not args.no_progress,
+                                                   commit=args.commit)
+    print(f"[mnist sweep] {label}: {trainer.method.describe()}{resumed_note(resumed, partial)}", file=sys.stderr,
           flush=True)
     trainer.fit(batches, r.epochs)
     model = trainer.final_model().eval()
@@ -131,9 +133,9 @@ def train_and_evaluate(label, changes, seed, train, val, args, partial: Path) ->
         "grad_evals": h[-1]["input_grad_evals"] + h[-1]["param_grad_evals"], "final_on": "validation",
         "forward_evals": h[-1].get("forward_evals", 0),  # no-gradient passes (KL chain target), apart
         "final": {k: v for k, v in final.items() if k != "per_class"}, "square_drop": square_drop(final),
-        "commit": args.commit, "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
-        "resumed_at_epoch": resumed_at,  # wall_seconds then covers the part after the resume only
+        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s)",
+        # the commit the run started on; a resumed run's wall_seconds, date and machine are the resuming invocation's
+        **resumed_fields(resumed, args.commit),
     }
     print(f"  -> val clean {final['clean_acc']:.1f} PGD-40 {final['pgd_acc']:.1f} AA {final.get('autoattack_acc')} "
           f"Square drop {res['square_drop']} ({res['train_seconds']:.0f} s)", file=sys.stderr, flush=True)
@@ -223,9 +225,10 @@ def main(argv=None):
         val = at.IndexedDataset(full.images[-args.val_n:], full.labels[-args.val_n:], "mnist-val", full.lossy)
         for label in names:
             path = out / "runs" / f"{run_key(label, args.seed)}.json"
-            if path.is_file() and not args.force:
-                continue
             partial = out / "partial" / path.stem  # the run's checkpoints while it trains (git-ignored)
+            if path.is_file() and not args.force:
+                training_done(partial)  # a checkpoint left by a kill between the result's write and its removal
+                continue
             start = time.perf_counter()
             res = train_and_evaluate(label, VARIANTS[label], args.seed, train, val, args, partial)
             res["wall_seconds"] = time.perf_counter() - start

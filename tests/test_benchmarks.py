@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,20 +287,21 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert re.search(r"\| eta eps/2, s 0.05 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \|", (tmp_path / "B2.md").read_text())
 
 
-def test_cifar_study_run_cut_off_part_way_continues_from_its_last_epoch(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("runtime", [[], ["--channels-last"]], ids=["plain", "runtime"])
+def test_cifar_study_run_cut_off_part_way_continues_from_its_last_epoch(tmp_path, monkeypatch, capsys, runtime):
     """A run killed after its first epoch's checkpoint continues from it when the study runs again and ends exactly
-    as an uninterrupted run (history and final numbers, bank and selection state included); its checkpoint folder
-    goes once the result is saved; a checkpoint of other settings is refused and left as it is."""
-    import pytest
-
+    as an uninterrupted run (history and final numbers, bank and selection state included), on the plain CPU path and
+    through a Runtime; its record names the commit it started on; its checkpoint folder goes once the result is
+    saved; a checkpoint of other settings (recipe or not) is refused and left as it is; `--no-checkpoints` keeps
+    none."""
     from adv_transport.errors import ConfigError
     from adv_transport.trainer import Trainer
 
     study = load("cifar_study")
     data = write_synthetic_cifar(tmp_path / "data")
-    common = ["study", "--quick", "--data-dir", str(data), "--no-progress", "--val-n", "100", "--no-autoattack",
-              "--methods", "ATL", "--epochs", "3", "--benchmarks-md", str(tmp_path / "B.md")]
-    study.main([*common, "--out", str(tmp_path / "whole")])
+    common = ["study", "--quick", "--data-dir", str(data), "--no-progress", "--no-autoattack", "--methods", "ATL",
+              "--benchmarks-md", str(tmp_path / "B.md"), *runtime]
+    study.main([*common, "--val-n", "100", "--epochs", "3", "--out", str(tmp_path / "whole")])
     key = "study-eps8-ATL-seed0"
     whole = json.loads((tmp_path / "whole" / "runs" / f"{key}.json").read_text())
     assert whole["resumed_at_epoch"] is None and not (tmp_path / "whole" / "partial" / key).exists()
@@ -316,27 +318,41 @@ def test_cifar_study_run_cut_off_part_way_continues_from_its_last_epoch(tmp_path
         return path
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(study, "git_commit", lambda: "c0ffee1")
+    cut_args = [*common, "--out", str(tmp_path / "cut")]
     with pytest.raises(Killed):
-        study.main([*common, "--out", str(tmp_path / "cut")])
+        study.main([*cut_args, "--val-n", "100", "--epochs", "3"])
     partial = tmp_path / "cut" / "partial" / key
     assert (partial / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "runs" / f"{key}.json").exists()
     monkeypatch.setattr(Trainer, "save_checkpoint", real_save)
-    # settings that differ from the checkpoint's: refused, the checkpoint untouched
+    monkeypatch.setattr(study, "git_commit", lambda: "beef002")
+    # settings that differ from the checkpoint's, in the recipe or outside it: refused, the checkpoint untouched
     stamp = (partial / "checkpoint.pt").stat().st_mtime_ns
     with pytest.raises(ConfigError, match=r"cannot resume the interrupted run .*epochs: stored 3, now 4"):
-        study.main([*common[:-4], "--epochs", "4", "--benchmarks-md", str(tmp_path / "B.md"), "--out",
-                    str(tmp_path / "cut")])
+        study.main([*cut_args, "--val-n", "100", "--epochs", "4"])
+    with pytest.raises(ConfigError, match=r"val_n: stored 100, now 90"):
+        study.main([*cut_args, "--val-n", "90", "--epochs", "3"])
     assert (partial / "checkpoint.pt").stat().st_mtime_ns == stamp
     capsys.readouterr()
-    study.main([*common, "--out", str(tmp_path / "cut")])
-    assert f"(resumed at epoch 1 from {partial})" in capsys.readouterr().err
+    study.main([*cut_args, "--val-n", "100", "--epochs", "3"])
+    assert f"(resumed at epoch 1 from {partial}, started on commit c0ffee1)" in capsys.readouterr().err
     cut = json.loads((tmp_path / "cut" / "runs" / f"{key}.json").read_text())
-    assert cut["resumed_at_epoch"] == 1 and not partial.exists()
+    assert (cut["resumed_at_epoch"], cut["commit"], cut["resumed_on_commit"]) == (1, "c0ffee1", "beef002")
+    assert not partial.exists()
     timing = ("seconds", "train_seconds", "epoch_seconds", "eval_seconds")
     strip = lambda h: [{k: v for k, v in e.items() if k not in timing} for e in h]  # noqa: E731
     assert len(cut["history"]) == 3 and strip(cut["history"]) == strip(whole["history"])
     assert strip([cut["final"]]) == strip([whole["final"]]) and cut["selected_epoch"] == whole["selected_epoch"]
     assert cut["grad_evals"] == whole["grad_evals"]
+    # a finished run is skipped, and a checkpoint left beside its result (a kill between the two) goes
+    partial.mkdir(parents=True)
+    study.main([*cut_args, "--val-n", "100", "--epochs", "3"])
+    assert not partial.exists()
+    # --no-checkpoints: a run that cannot resume anyway (a lent GPU) writes none
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        study.main([*common, "--val-n", "100", "--epochs", "3", "--no-checkpoints", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none" / "partial").exists()
 
 
 def test_cifar_study_targets_hold_every_atl_row_against_the_best_single_step_row_of_any_tricks():
