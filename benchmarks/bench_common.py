@@ -93,9 +93,14 @@ def resumed_note(resumed: dict | None, where: Path | None) -> str:
 
 
 def training_done(where: Path | None) -> None:
-    """Remove an interrupted-run folder of :func:`resumable_training` once the run's result is saved."""
+    """Remove an interrupted-run folder of :func:`resumable_training` once the run's result is saved (and the
+    ``partial/`` folder above it when no other run's is left there)."""
     if where is not None:
         shutil.rmtree(where, ignore_errors=True)
+        try:
+            Path(where).parent.rmdir()
+        except OSError:  # another run's checkpoints are still there (or it is gone already)
+            pass
 
 
 def slug(text: str) -> str:
