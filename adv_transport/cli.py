@@ -28,7 +28,7 @@ from .errors import AdvTransportError, ConfigError, settings_differ
 from .models import check_model_name
 from .recipes import METHODS, Recipe, recipe
 from .threat import HOST_NORMS, NORMS, ThreatModel, host_norm
-from .trainer import Trainer
+from .trainer import Trainer, log_epochs
 from .training import build_training
 
 DATASET_HELP = f"{', '.join(DATASET_NAMES)} (an ImageFolder with train/ and val/)"
@@ -93,7 +93,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: one plain line per epoch instead")
     add_runtime_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
 
 
@@ -164,6 +164,8 @@ def _run_train(args, r, threat, runtime) -> Trainer:
         if main_rank:
             print(text, file=sys.stderr)
 
+    if args.no_progress:  # without progress bars, one plain line per epoch (for logs written to files)
+        log_epochs()
     out = Path(args.out or _default_out(r))
     ckpt = out / "checkpoint.pt"
     image_size = image_size_of(r.dataset, getattr(args, "image_size", None))

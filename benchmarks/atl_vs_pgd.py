@@ -30,6 +30,7 @@ import torch
 import adv_transport as at
 from adv_transport.eval import evaluate, pgd_defaults
 from adv_transport.recipes import Recipe, recipe
+from adv_transport.trainer import log_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402 - shared by the scripts
@@ -500,6 +501,8 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.no_progress:  # without progress bars, one plain line per epoch (for logs written to files)
+        log_epochs()
     if args.threads:
         torch.set_num_threads(args.threads)
     commit = git_commit()  # the code that runs: taken at the start, not at the end

@@ -47,6 +47,7 @@ import torch
 import adv_transport as at
 from adv_transport.eval import evaluate
 from adv_transport.recipes import recipe
+from adv_transport.trainer import log_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402, F401 - shared
@@ -553,6 +554,8 @@ def main(argv=None):
     p.add_argument("--keep-going", action="store_true", help="a run that fails is reported (traceback on stderr) "
                    "and the next one starts; the exit status is 1 if any failed")
     args = p.parse_args(argv)
+    if args.no_progress:  # without progress bars, one plain line per epoch (for logs written to files)
+        log_epochs()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch here")
     if args.threads:

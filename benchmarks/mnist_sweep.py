@@ -32,6 +32,7 @@ import torch
 import adv_transport as at
 from adv_transport.eval import evaluate
 from adv_transport.recipes import Recipe, recipe
+from adv_transport.trainer import log_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402 - shared by the scripts
@@ -202,6 +203,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.no_progress:  # without progress bars, one plain line per epoch (for logs written to files)
+        log_epochs()
     if args.threads:
         torch.set_num_threads(args.threads)
     args.commit = git_commit()

@@ -11,9 +11,13 @@ def _train(mnist_dir, out, *extra):
     return main(argv + ["--data-dir", str(mnist_dir), "--out", str(out), *extra])
 
 
-def test_train_writes_checkpoint_and_jsonl_log(mnist_dir, tmp_path):
+def test_train_writes_checkpoint_and_jsonl_log(mnist_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert _train(mnist_dir, out) == 0
+    # without progress bars, one plain line per epoch on stderr
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "adversarial acc" in lines[0] and "test PGD" in lines[0]
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("train_loss", "clean_acc", "pgd_acc", "epoch_seconds", "input_grad_evals", "param_grad_evals"):

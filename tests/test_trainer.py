@@ -384,3 +384,32 @@ def test_parameters_outside_the_optimizer_still_get_their_gradients():
     trainer = Trainer(model, torch.optim.SGD(head, lr=0.05), method, progress=False)
     trainer.fit(IndexedBatches(data, 16, seed=0), epochs=1)
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_each_finished_epoch_is_one_plain_log_line(caplog):
+    """``logging`` INFO of adv_transport.trainer, one line per epoch with the parts the record has (silent unless the
+    application asks: log_epochs prints them, the command line and the benchmark scripts do without progress bars)."""
+    import io
+    import logging
+
+    from adv_transport.trainer import epoch_line, log_epochs, logger
+
+    trainer, batches = make_trainer()
+    with caplog.at_level(logging.INFO, logger="adv_transport.trainer"):
+        trainer.fit(batches, 2)
+    lines = [r.getMessage() for r in caplog.records if r.name == "adv_transport.trainer"]
+    assert lines == [epoch_line(h, 2) for h in trainer.history] and lines[1].startswith("epoch 2/2: train loss ")
+    record = {"epoch": 3, "train_loss": 1.23456, "train_adv_acc": 0.345, "epoch_seconds": 67.2, "train_seconds": 201.0,
+              "val_pgd_acc": 31.2, "val_clean_acc": 52.0, "pgd_acc": 30.1}
+    assert epoch_line(record, 15) == ("epoch 3/15: train loss 1.2346, adversarial acc 34.5 %; val PGD 31.2 % (clean "
+                                      "52.0 %); test PGD 30.1 %; 67.2 s (training 201 s so far)")
+    out = io.StringIO()
+    log_epochs(out)
+    log_epochs(out)  # a second call replaces the handler: no line twice
+    try:
+        trainer.fit(batches, 3)
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        logger.setLevel(logging.NOTSET)
+    assert out.getvalue() == epoch_line(trainer.history[-1], 3) + "\n"
