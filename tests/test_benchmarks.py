@@ -269,7 +269,7 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert text.count("<!-- cifar-study -->") == 1 and "JPEG-lossy" in text and "Targets:" in text
     pgd_targets = [line for line in text.split("Targets:")[1].splitlines() if "vs PGD-10 AT" in line]
     labels = [re.search(r"\): (ATL.*?) [0-9.]+ %", line).group(1) for line in pgd_targets]
-    assert labels == ["ATL", "ATL (13 epochs)", "ATL + EMA"]  # each ATL row gets its own line
+    assert labels == ["ATL", "ATL (13 epochs)", "ATL + EMA", "ATL (K 2) + EMA"]  # each ATL row gets its own line
     # ... and its own line against the best single-step row of any tricks (rows told apart by inner step)
     single_targets = [line for line in text.split("Targets:")[1].splitlines() if "best single-step" in line]
     assert [re.search(r"\): (ATL.*?) AutoAttack", line).group(1) for line in single_targets] == labels
