@@ -641,8 +641,8 @@ class Trainer:
             self.eval_seconds += time.perf_counter() - start
             record["eval_seconds"] = self.eval_seconds
         self.history.append(record)
-        if self.runtime is None or self.runtime.is_main:
-            logger.info(epoch_line(record, epochs))
+        if (self.runtime is None or self.runtime.is_main) and logger.isEnabledFor(logging.INFO):
+            logger.info(epoch_line(record, epochs))  # the line is built only when someone listens
         self.epoch += 1
         self.step = 0
         self._epoch_stats = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
