@@ -285,6 +285,13 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert [r["seed"] for r in sweep_runs] == [0, 1]
     assert all(r["final_on"] == "validation" and all("pgd_acc" not in h for h in r["history"]) for r in sweep_runs)
     assert re.search(r"\| eta eps/2, s 0.05 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \|", (tmp_path / "B2.md").read_text())
+    # a reference row of another method runs its own inner step on the same split
+    study.main(["sweep", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "sw"), "--methods",
+                "reference: FGSM-PGI + EMA 0.999", "--val-n", "100", "--benchmarks-md", str(tmp_path / "B2.md")])
+    key = study.run_key("sweep", study.EPS8, "reference: FGSM-PGI + EMA 0.999", 0)
+    ref = json.loads((tmp_path / "sw" / "runs" / f"{key}.json").read_text())
+    assert (ref["method"], ref["recipe"]["ema_decay"], ref["final_on"]) == ("fgsm-pgi", 0.999, "validation")
+    assert "| reference: FGSM-PGI + EMA 0.999 | 0 |" in (tmp_path / "B2.md").read_text()
 
 
 @pytest.mark.parametrize("runtime", [[], ["--channels-last"]], ids=["plain", "runtime"])
