@@ -161,38 +161,40 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path / CHECKPOINT if path.is_dir() else path
 
 
-def _read_checkpoint(path: Path, map_location) -> dict[str, Any]:
+def _read_checkpoint(path: Path, map_location, mmap: bool = False) -> dict[str, Any]:
     what = "an adv-transport checkpoint (a dict with 'model' and 'config', as written by adv-transport train)"
-    state = safe_load(path, what, map_location)
+    state = safe_load(path, what, map_location, mmap=mmap)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not {what}")
     return state
 
 
 def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", fallback: bool = True
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", fallback: bool = True, mmap: bool = False
 ) -> dict[str, Any]:
     """Read a checkpoint file or a run directory's ``checkpoint.pt`` (with ``weights_only=True``).
 
     When it is missing, truncated or corrupt and ``fallback`` is on, its predecessor ``checkpoint.prev.pt`` is read
-    instead, with a :class:`CheckpointFallbackWarning` saying so; otherwise :class:`CheckpointError` is raised."""
+    instead, with a :class:`CheckpointFallbackWarning` saying so; otherwise :class:`CheckpointError` is raised.
+    ``mmap``: the tensors are mapped from the file rather than read (to look at a checkpoint's config without reading
+    a bank of gigabytes; a tensor's pages are read only when it is used, so damage inside one goes unnoticed)."""
     path = _resolve(path)
     prev = previous_path(path)
     if not path.is_file():
         if fallback and prev.is_file():
-            return _fall_back(path, prev, "it is missing", map_location)
+            return _fall_back(path, prev, "it is missing", map_location, mmap)
         raise ConfigError(f"no checkpoint at {path}; pass a checkpoint file or a run directory holding {CHECKPOINT}")
     try:
-        return _read_checkpoint(path, map_location)
+        return _read_checkpoint(path, map_location, mmap)
     except CheckpointError as e:
         if not (fallback and prev.is_file()):
             raise
-        return _fall_back(path, prev, str(e), map_location)
+        return _fall_back(path, prev, str(e), map_location, mmap)
 
 
-def _fall_back(path: Path, prev: Path, reason: str, map_location) -> dict[str, Any]:
+def _fall_back(path: Path, prev: Path, reason: str, map_location, mmap: bool = False) -> dict[str, Any]:
     try:
-        state = _read_checkpoint(prev, map_location)
+        state = _read_checkpoint(prev, map_location, mmap)
     except CheckpointError as e:
         raise CheckpointError(f"{path} cannot be read ({reason}), nor can its predecessor ({e})") from None
     warnings.warn(

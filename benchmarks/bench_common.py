@@ -61,7 +61,9 @@ def resumable_training(r, train, test, where: Path | None, *, commit: str, **kwa
               "commit": commit}
     ckpt = where / "checkpoint.pt"
     if ckpt.is_file() or previous_path(ckpt).is_file():
-        stored = load_checkpoint(ckpt).get("config", {})  # a broken checkpoint.pt: its predecessor, with a warning
+        # its config only (mapped, not read: the bank is read once, by Trainer.resume); a broken checkpoint.pt: its
+        # predecessor, with a warning
+        stored = load_checkpoint(ckpt, mmap=True).get("config", {})
         differ = settings_differ(
             f"cannot resume the interrupted run in {where}",
             {**stored.get("recipe", {}), **stored.get("settings", {})}, {**config["recipe"], **config["settings"]},

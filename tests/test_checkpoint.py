@@ -46,6 +46,9 @@ def test_checkpoint_holds_only_weights_only_types(trained):
     assert previous_path(run / "checkpoint.pt") == run / "checkpoint.prev.pt"
     assert torch.load(run / "checkpoint.prev.pt", weights_only=True)["epoch"] == 1  # the predecessor is kept
     assert state["epoch"] == 2
+    mapped = load_checkpoint(run, mmap=True)  # the same content, tensors mapped from the file instead of read
+    assert mapped["config"] == state["config"] and mapped["method"].keys() == state["method"].keys()
+    assert all(torch.equal(v, state["model"][k]) for k, v in mapped["model"].items())
 
 
 def test_rng_states_round_trip_through_a_file(tmp_path):
@@ -147,6 +150,8 @@ def test_corrupt_latest_checkpoint_resumes_from_its_predecessor(mnist_dir, tmp_p
     (out / "checkpoint.pt").write_bytes(data[:1000])
     with pytest.warns(CheckpointFallbackWarning, match="loaded the previous checkpoint"):
         assert load_checkpoint(out)["epoch"] == 1
+    with pytest.warns(CheckpointFallbackWarning, match="loaded the previous checkpoint"):
+        assert load_checkpoint(out, mmap=True)["epoch"] == 1  # a truncated file does not map either
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(out, fallback=False)
     # ... and train --resume says so, moves the broken file aside and redoes epoch 2 from epoch 1's checkpoint
