@@ -315,7 +315,7 @@ class ATL(_Stored, InnerStep):
             raise ConfigError(f"chain_target {chain_target!r} is not accepted; accepted: {', '.join(CHAIN_TARGETS)}")
         if chain_momentum > 0 and bank.copies != 1:
             raise ConfigError(f"chain momentum keeps one velocity per example: it needs a bank with 1 copy, got "
-                              f"{bank.copies}")
+                              f"{bank.copies} (set the recipe's copies to 1; ATL's CIFAR-10 default has 2)")
         if chain_momentum > 0 and getattr(bank, "world_size", 1) != 1:
             raise ConfigError(f"chain momentum keeps its velocities beside a single-process bank; this bank is one "
                               f"shard of {bank.world_size}")

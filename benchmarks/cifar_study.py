@@ -34,6 +34,7 @@ CIFAR-10 results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -75,21 +76,27 @@ EPS8 = 8 / 255
 # is the one evaluated.
 COMMON = dict(model="small-cnn", epochs=15, lr=0.05, eps_ramp=5, select="best")
 
+# ATL's CIFAR-10 default before the twelfth sweep round made it two chains with weight averaging: the changes that
+# bring today's recipe back to it (the sweep's variants are written on top of it)
+PREVIOUS_ATL = {"copies": 1, "ema_decay": None}
 # label -> (method, recipe changes at eps 8/255; step sizes scale with eps)
 STUDY_METHODS = {
     "clean": ("clean", {"eps_ramp": 0}),
+    # ATL's default: since the twelfth sweep round, two chains per example and weight averaging (EMA 0.999); run as
+    # the row "ATL (K 2) + EMA" before it became the default (its records were relabelled, their recipes unchanged)
     "ATL": ("atl", {}),
     # ATL within the budget of the target "PGD-10 AT - 1 point at <= 1/4 of its training time": 15 epochs of ATL cost
     # 0.27x PGD-10 AT's gradient evaluations (0.26x its wall-clock per batch, benchmarks/epoch_cost.py); 13 epochs
     # cost 13 * 3 / (15 * 11) = 0.236x (the epoch count follows from the budget, it was not tuned)
     "ATL (13 epochs)": ("atl", {"epochs": 13}),
+    # the previous default (one chain, no weight averaging; the rows "ATL", "ATL (13 epochs)" and "ATL + EMA" until
+    # the default changed), kept as run
+    "ATL (K 1, no EMA)": ("atl", PREVIOUS_ATL),
+    "ATL (K 1, no EMA, 13 epochs)": ("atl", {**PREVIOUS_ATL, "epochs": 13}),
     # weight averaging (the fourth sweep round's EMA 0.999), for ATL and the two best single-step methods beside it
-    "ATL + EMA": ("atl", {"ema_decay": 0.999}),
+    "ATL (K 1) + EMA": ("atl", {**PREVIOUS_ATL, "ema_decay": 0.999}),
     "FGSM-PGI + EMA": ("fgsm-pgi", {"ema_decay": 0.999}),
     "N-FGSM + EMA": ("n-fgsm", {"ema_decay": 0.999}),
-    # the twelfth sweep round's K = 2 with weight averaging: 30.13 % validation AutoAttack over seeds 0-2 against the
-    # default's 28.73 %, over that round's bar (29.5 %), so it goes to the test study (3 seeds)
-    "ATL (K 2) + EMA": ("atl", {"copies": 2, "ema_decay": 0.999}),
     "FGSM-RS": ("fgsm-rs", {"early_stop_drop": 20.0}),  # Wong et al. 2020's early stopping
     "N-FGSM": ("n-fgsm", {}),
     "FGSM-PGI": ("fgsm-pgi", {}),
@@ -103,7 +110,8 @@ SINGLE_STEP_METHODS = ("fgsm-rs", "n-fgsm", "fgsm-pgi", "atta")  # the inner ste
 NORMS_OF = {"fgsm-pgi": ("linf",)}  # methods defined for some norms only (FGSM-PGI's prior is a sign step)
 
 # ATL variants of the sweep: label -> recipe changes (eta relative to eps; s = noise scale, noise amplitude
-# s * sqrt(2 eta) per coordinate)
+# s * sqrt(2 eta) per coordinate), on top of the default of the rounds' time (PREVIOUS_ATL; the labels name what
+# differs from it)
 SWEEP = {
     "old default (eta eps/2, s 0.2, no warm-up)": {"eta": EPS8 / 2, "noise_scale": 0.2, "eps_ramp": 0},
     "eta eps/2, s 0.2": {"eta": EPS8 / 2, "noise_scale": 0.2},
@@ -214,6 +222,8 @@ def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, nor
     (``common``, default :data:`COMMON`), ``changes``; every step size given for l-inf eps 8/255 keeps its ratio to
     eps (l2: eta, alpha as fractions of the l2 radius)."""
     r = recipe(method, "cifar10").replace(**(COMMON if common is None else common)).replace(**changes)
+    # Recipe.replace skips None values; here a change to None turns the setting off (PREVIOUS_ATL's "no EMA")
+    r = dataclasses.replace(r, **{k: None for k, v in changes.items() if v is None})
     scale = eps / EPS8
     r = r.replace(norm=norm, eps=eps, step_size=None if r.step_size is None else r.step_size * scale,
                   eta=None if r.eta is None else r.eta * scale)
@@ -620,7 +630,7 @@ def main(argv=None):
         data = (train, val, test)
         if args.mode == "sweep":
             seeds = [int(s) for s in (args.seeds or "0").split(",")]
-            names = {**{label: ("atl", ch) for label, ch in SWEEP.items()}, **SWEEP_REFERENCES}
+            names = {**{label: ("atl", {**PREVIOUS_ATL, **ch}) for label, ch in SWEEP.items()}, **SWEEP_REFERENCES}
             plan = [("sweep", EPS8, label, m, ch, s) for s in seeds for label, (m, ch) in names.items()]
         else:
             eps_list = [float(e) / (255 if args.norm == "linf" else 1) for e in args.eps.split(",")]

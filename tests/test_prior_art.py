@@ -303,9 +303,12 @@ def test_atl_chain_options_reject_bad_input_and_other_methods():
     with pytest.raises(ConfigError, match="ATL's chain"):
         build_method(recipe("pgd", "cifar10").replace(chain_momentum=0.5), 8, (3, 32, 32))
     with pytest.raises(ConfigError, match="sharded"):
-        build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5), 8, (3, 32, 32),
+        build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5, copies=1), 8, (3, 32, 32),
                      make_bank=lambda *a, **k: AdversarialBank(*a, **k))
-    atl = build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5, chain_target="kl"), 8, (3, 32, 32))
+    with pytest.raises(ConfigError, match="set the recipe's copies to 1"):  # ATL's CIFAR default has 2 copies
+        build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5), 8, (3, 32, 32))
+    atl = build_method(recipe("atl", "cifar10").replace(chain_momentum=0.5, chain_target="kl", copies=1), 8,
+                       (3, 32, 32))
     assert atl.chain_momentum == 0.5 and atl.chain_target == "kl" and atl.velocity.shape == (8, 3, 32, 32)
 
 

@@ -140,3 +140,13 @@ def test_recipes_forwards_the_moved_builders_with_a_deprecation_warning():
         assert recipes.epoch_check is adv_transport.eval.epoch_check
     with pytest.raises(AttributeError):
         recipes.no_such_name  # noqa: B018
+
+
+def test_atl_cifar_default_is_two_chains_with_weight_averaging_and_imagenet_keeps_one_chain():
+    """The twelfth CIFAR sweep round's winner is ATL's CIFAR-10 default (two bank copies, EMA 0.999, named among the
+    recipe's tricks); ImageNet, which starts from that recipe, keeps one copy (each is 193 GB in int8 there)."""
+    r = recipe("atl", "cifar10")
+    assert (r.copies, r.ema_decay, r.consistency, r.eta) == (2, 0.999, 10.0, 1.25 * 8 / 255)
+    assert "EMA 0.999" in r.tricks() and "K 2 chains" in r.tricks()
+    assert recipe("atl", "cifar100").copies == 2 and recipe("atl", "imagenet").copies == 1
+    assert recipe("free-atl", "cifar10").copies == 1 and recipe("fgsm-pgi", "imagenet").ema_decay is None
