@@ -47,7 +47,7 @@ import torch
 
 import adv_transport as at
 from adv_transport.eval import evaluate
-from adv_transport.recipes import recipe
+from adv_transport.recipes import Recipe, recipe
 from adv_transport.trainer import log_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -325,7 +325,9 @@ def aggregate(runs: list[dict]) -> dict:
         if r["mode"] != "study":
             continue
         e = out["eps"].setdefault(threat_label(r["recipe"]["norm"], r["eps"]), {})
-        m = e.setdefault(r["label"], {"method": r["method"], "tricks": r["tricks"], "seeds": {}})
+        # the tricks as today's labels name them, from the recipe that ran (a record keeps the labels of its day)
+        m = e.setdefault(r["label"], {"method": r["method"], "tricks": Recipe.from_dict(r["recipe"]).tricks(),
+                                      "seeds": {}})
         m["seeds"][str(r["seed"])] = {
             "autoattack_acc": r["final"].get("autoattack_acc"), "pgd20_acc": r["final"]["pgd_acc"],
             "clean_acc": r["final"]["clean_acc"], "train_seconds": r["train_seconds"], "grad_evals": r["grad_evals"],
