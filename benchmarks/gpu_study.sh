@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CIFAR study on PreAct-ResNet-18 (eps 8/255: ATL, FGSM-PGI, N-FGSM, FGSM-RS), for a lent GPU machine, in one call.
+# The CIFAR study on PreAct-ResNet-18 (eps 8/255: ATL, FGSM-PGI with and without EMA, N-FGSM, FGSM-RS), for a lent GPU
+# machine, in one call (ATL's default averages its weights, so FGSM-PGI + EMA is the like-for-like row beside it).
 #
 # That machine has torch but neither this package nor pyautoattack, no internet and not ../shared. Prepare here, in
 # the repository root (.gpu/ is git-ignored through .git/info/exclude and travels with `carry`):
@@ -23,7 +24,7 @@ EPS_RAMP=${EPS_RAMP:-3}
 SEEDS=${SEEDS:-0,1,2}
 LIMIT=${LIMIT:-560}
 RUN_S=${RUN_S:-170}
-METHODS=${METHODS:-ATL;FGSM-PGI;N-FGSM;FGSM-RS}
+METHODS=${METHODS:-ATL;FGSM-PGI + EMA;FGSM-PGI;N-FGSM;FGSM-RS}
 MODEL=${MODEL:-preact-resnet18}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}

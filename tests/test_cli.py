@@ -90,6 +90,7 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--lr", "-1"], "--lr -1.0 is not accepted"),
         (["--batch-size", "0"], "--batch-size 0 is not accepted"),
         (["--eta", "inf"], "--eta inf is not accepted"),
+        (["--ema-decay", "1"], "--ema-decay 1.0 is not accepted; accepted: a number in [0, 1); 0 turns weight"),
         (["--step-size", "0.1"], "atl takes a Langevin step eta (--eta, Recipe.eta), not step_size=0.1"),
         (["--model", "timm:resnet19"], "has no model 'resnet19'; close names: resnet18"),
         (["--model", "resnet18"], "unknown model 'resnet18'; accepted: mnist-cnn"),

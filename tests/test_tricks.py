@@ -126,7 +126,7 @@ def test_recipe_rows_say_which_tricks_they_use():
     # ATL's chain options are listed where they differ from the plain cross-entropy chain (MNIST's default: KL)
     assert recipe("atl", "mnist").tricks() == ["eps warm-up 3 ep", "consistency 20", "KL chain target"]
     assert "chain momentum 0.3" in recipe("atl", "cifar10").replace(chain_momentum=0.3).tricks()
-    assert not any("chain" in t for t in recipe("atl", "cifar10").tricks())
+    assert [t for t in recipe("atl", "cifar10").tricks() if "chain" in t] == ["K 2 chains"]  # CIFAR's 2 copies
 
 
 def test_recipes_forwards_the_moved_builders_with_a_deprecation_warning():
@@ -150,3 +150,11 @@ def test_atl_cifar_default_is_two_chains_with_weight_averaging_and_imagenet_keep
     assert "EMA 0.999" in r.tricks() and "K 2 chains" in r.tricks()
     assert recipe("atl", "cifar100").copies == 2 and recipe("atl", "imagenet").copies == 1
     assert recipe("free-atl", "cifar10").copies == 1 and recipe("fgsm-pgi", "imagenet").ema_decay is None
+    # a user turns the averaging off with ema_decay 0 (`--ema-decay 0`): no average is kept, none is named
+    from adv_transport.cli import build_parser, make_recipe
+
+    off = make_recipe(build_parser().parse_args(["train", "--dataset", "cifar10", "--ema-decay", "0", "--copies", "1"]))
+    assert (off.ema_decay, off.copies) == (0.0, 1) and not any("EMA" in t for t in off.tricks())
+    small = dict(model="small-cnn", select="last", epochs=1, batch_size=16)
+    assert build_training(off.replace(**small), DATA, None)[0].ema is None
+    assert build_training(recipe("atl", "cifar10").replace(**small), DATA, None)[0].ema is not None
