@@ -269,7 +269,8 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert text.count("<!-- cifar-study -->") == 1 and "JPEG-lossy" in text and "Targets:" in text
     pgd_targets = [line for line in text.split("Targets:")[1].splitlines() if "vs PGD-10 AT" in line]
     labels = [re.search(r"\): (ATL.*?) [0-9.]+ %", line).group(1) for line in pgd_targets]
-    assert labels == ["ATL", "ATL (13 epochs)", "ATL (K 4)", "ATL (K 1, no EMA)", "ATL (K 1, no EMA, 13 epochs)", "ATL (K 1) + EMA"]
+    assert labels == ["ATL", "ATL (13 epochs)", "ATL (K 4)", "ATL (K 1, no EMA)", "ATL (K 1, no EMA, 13 epochs)",
+                      "ATL (K 1) + EMA"]
     # the previous default's rows really run without weight averaging and with one chain (a change to None clears)
     old = json.loads((tmp_path / "out" / "runs" / f"{study.run_key('study', study.EPS8, 'ATL (K 1, no EMA)', 0)}.json")
                      .read_text())["recipe"]
