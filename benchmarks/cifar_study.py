@@ -114,8 +114,9 @@ SINGLE_STEP_METHODS = ("fgsm-rs", "n-fgsm", "fgsm-pgi", "atta")  # the inner ste
 NORMS_OF = {"fgsm-pgi": ("linf",)}  # methods defined for some norms only (FGSM-PGI's prior is a sign step)
 
 # ATL variants of the sweep: label -> recipe changes (eta relative to eps; s = noise scale, noise amplitude
-# s * sqrt(2 eta) per coordinate), on top of the default of the rounds' time (PREVIOUS_ATL; the labels name what
-# differs from it)
+# s * sqrt(2 eta) per coordinate), on top of ATL's default before K 2 + EMA (PREVIOUS_ATL). The first two rounds ran
+# before the consistency term was in the default, so their labels name what differed then; every record holds the
+# recipe it ran
 SWEEP = {
     "old default (eta eps/2, s 0.2, no warm-up)": {"eta": EPS8 / 2, "noise_scale": 0.2, "eps_ramp": 0},
     "eta eps/2, s 0.2": {"eta": EPS8 / 2, "noise_scale": 0.2},
