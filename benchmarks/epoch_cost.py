@@ -46,6 +46,20 @@ ROOT = Path(__file__).resolve().parent.parent
 # "pgd": the studies' multi-step reference with its recipe (MNIST: PGD-40 AT; CIFAR-10: PGD-10 AT), for the targets
 # stated as a share of its training time
 METHODS = ("clean", "clean+input-grad", "atl", "free-atl", "fgsm-rs", "pgd")
+# more rows per dataset: label -> (method, recipe changes); CIFAR-10: ATL's default before it kept two chains and
+# averaged its weights, timed beside today's
+VARIANTS = {"cifar10": {"atl (K 1, no EMA)": ("atl", {"copies": 1, "ema_decay": 0.0})}}
+
+
+def methods(dataset: str) -> tuple[str, ...]:
+    """The rows timed for ``dataset``: :data:`METHODS`, then its :data:`VARIANTS`."""
+    return METHODS + tuple(VARIANTS.get(dataset, {}))
+
+
+def method_recipe(m: str, dataset: str):
+    """The recipe of row ``m`` (a method, ``clean+input-grad`` or a variant's label) on ``dataset``."""
+    method, changes = VARIANTS.get(dataset, {}).get(m, ("clean" if m == "clean+input-grad" else m, {}))
+    return recipe(method, dataset).replace(**changes)
 
 
 class CleanWithInputGrad(Clean):
@@ -66,7 +80,7 @@ def recipe_epochs(dataset: str) -> dict[str, int] | None:
     method for its recipe's epochs); None for CIFAR-10, whose study sets the epochs itself."""
     if dataset != "mnist":
         return None
-    return {m: recipe("clean" if m == "clean+input-grad" else m, dataset).epochs for m in METHODS}
+    return {m: method_recipe(m, dataset).epochs for m in methods(dataset)}
 
 
 def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
@@ -76,8 +90,8 @@ def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
     data = at.IndexedDataset(torch.randint(0, 256, (n, *SHAPES[dataset]), generator=g, dtype=torch.uint8),
                              torch.randint(0, 10, (n,), generator=g), dataset)
     trainers = {}
-    for m in METHODS:
-        r = recipe("clean" if m == "clean+input-grad" else m, dataset).replace(**SETTINGS[dataset])
+    for m in methods(dataset):
+        r = method_recipe(m, dataset).replace(**SETTINGS[dataset])
         if dataset == "cifar10" and cifar_model:  # another model than the study's
             r = r.replace(model=cifar_model)
         r = r.replace(epochs=rounds + 1, batch_size=batch_size, select="last", early_stop_drop=None)
@@ -85,16 +99,16 @@ def time_methods(dataset: str, batches: int, rounds: int, batch_size: int = 128,
         if m == "clean+input-grad":
             trainers[m].method = CleanWithInputGrad()
     fixed = [tuple(b) for b in loader]
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in trainers}
     for rnd in range(rounds + 1):  # round 0 warms up
-        spent = dict.fromkeys(METHODS, 0.0)
+        spent = dict.fromkeys(trainers, 0.0)
         for x, y, idx in fixed:
             for m, trainer in trainers.items():
                 start = time.perf_counter()
                 trainer._train_step(x, y, idx, float(rnd))
                 spent[m] += time.perf_counter() - start
         if rnd:
-            for m in METHODS:
+            for m in trainers:
                 times[m].append(spent[m])
     return times
 
@@ -117,7 +131,7 @@ def main(argv=None):
         times = time_methods(dataset, args.batches, args.rounds, cifar_model=args.cifar_model)
         clean, pgd = statistics.median(times["clean"]), statistics.median(times["pgd"])
         epochs = recipe_epochs(dataset)
-        for m in METHODS:
+        for m in times:
             med = statistics.median(times[m])
             rows.append({"dataset": dataset, "method": m, "seconds_per_round": med, "vs_clean": med / clean,
                          "vs_pgd": med / pgd, "epochs": None if epochs is None else epochs[m],

@@ -493,7 +493,11 @@ def test_epoch_cost_times_the_cifar_rows_on_the_model_asked_for(tmp_path, monkey
     monkeypatch.setattr(ec, "build_training", spy)
     ec.main(["--datasets", "cifar10", "--batches", "1", "--rounds", "1", "--cifar-model", "small-cnn-w2",
              "--out", str(tmp_path / "ec")])
-    assert built == ["small-cnn-w2"] * len(ec.METHODS)
+    assert built == ["small-cnn-w2"] * len(ec.methods("cifar10"))
+    # ATL's previous CIFAR default is timed beside today's: one chain, no weight average
+    old = ec.method_recipe("atl (K 1, no EMA)", "cifar10")
+    assert (old.copies, old.ema_decay, ec.method_recipe("atl", "cifar10").copies) == (1, 0.0, 2)
+    assert "| cifar10 | atl (K 1, no EMA) |" in (tmp_path / "ec.md").read_text()
     assert json.loads((tmp_path / "ec.json").read_text())["meta"]["cifar_model"] == "small-cnn-w2"
     assert "CIFAR-10 model small-cnn-w2" in (tmp_path / "ec.md").read_text()
 
