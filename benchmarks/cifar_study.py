@@ -205,6 +205,22 @@ SWEEP = {
                                                              "consistency": 10.0, "copies": 4, "ema_decay": 0.999},
     "eta 1.5 eps, s 0.05, consistency 10, K 2, EMA 0.999": {"eta": 1.5 * EPS8, "noise_scale": 0.05,
                                                             "consistency": 10.0, "copies": 2, "ema_decay": 0.999},
+    # fourteenth round, on top of today's default (K 2 + EMA 0.999; validation 30.2 / 30.8 / 29.4 %, mean 30.13 %):
+    # a longer averaging horizon (EMA 0.9995, about 2,000 steps), the issue's label smoothing (0.1, never run for
+    # ATL), and the two settings that came closest alone (eps warm-up 8 ep: 29.20 %, bank reset every 5 ep: 29.07 %,
+    # against 28.73 % for the base they ran on). Rule fixed before the runs (commit of this comment): validation seeds
+    # 1-2 only for a variant at >= 30.7 % on seed 0 (the default's seed-0 30.2 % + 0.5); a variant whose 3-seed
+    # validation mean is >= 30.63 % (the default's + 0.5) becomes the default and its test row is run once (3 seeds)
+    "eta 1.25 eps, s 0.05, consistency 10, K 2, EMA 0.9995": {"eta": 1.25 * EPS8, "noise_scale": 0.05,
+                                                              "consistency": 10.0, "copies": 2, "ema_decay": 0.9995},
+    "eta 1.25 eps, s 0.05, consistency 10, K 2, EMA 0.999, label smoothing 0.1": {
+        "eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0, "copies": 2, "ema_decay": 0.999,
+        "label_smoothing": 0.1},
+    "eta 1.25 eps, s 0.05, consistency 10, K 2, EMA 0.999, eps warm-up 8 ep": {
+        "eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0, "copies": 2, "ema_decay": 0.999, "eps_ramp": 8},
+    "eta 1.25 eps, s 0.05, consistency 10, K 2, EMA 0.999, reset every 5 ep": {
+        "eta": 1.25 * EPS8, "noise_scale": 0.05, "consistency": 10.0, "copies": 2, "ema_decay": 0.999,
+        "reset_every": 5},
 }
 # Other methods run on the validation split beside the ATL variants (label -> (method, recipe changes)), so that a
 # variant is judged against the bar of the issue's target where settings may be chosen: "+1 over the best single-step
