@@ -98,9 +98,7 @@ class Recipe:
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
     loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)
     trades_beta: float = _setting(6.0, "TRADES: weight of the KL term")
-    ema_decay: float | None = _setting(
-        None, "weight averaging: EMA of the parameters, the averaged model evaluated (0 or None: no averaging)"
-    )
+    ema_decay: float = _setting(0.0, "weight averaging: EMA of the parameters, the averaged model evaluated (0: none)")
     # model selection reads a validation split of the training set, which only the Python API holds out
     select: str = _setting("last", "best: the epoch with the best validation PGD accuracy", SELECTIONS, cli=False)
     early_stop_drop: float | None = _setting(

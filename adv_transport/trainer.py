@@ -141,7 +141,8 @@ class Trainer:
         loss: ``ce`` (cross-entropy on the perturbed batch) or ``trades`` (Zhang et al. 2019: cross-entropy on the
             clean batch plus ``trades_beta`` times KL(p(x) || p(x_adv))).
         ema_decay: keep an exponential moving average of the parameters and buffers (weight averaging), updated
-            after every optimizer step with this decay (e.g. 0.999); the averaged model is the one evaluated.
+            after every optimizer step with this decay (e.g. 0.999); the averaged model is the one evaluated. 0 (or
+            None): no averaging.
         val_fn: ``val_fn(model) -> dict`` with ``val_pgd_acc`` (and ``val_clean_acc``), run after each epoch on a
             validation split of the *training* data; it drives ``select`` and ``early_stop_drop``.
         select: ``last`` (the final weights) or ``best`` (the epoch with the highest ``val_pgd_acc``, ties broken by
@@ -173,7 +174,7 @@ class Trainer:
         label_smoothing: float = 0.0,
         loss: str = "ce",
         trades_beta: float = 6.0,
-        ema_decay: float | None = None,
+        ema_decay: float | None = 0.0,
         val_fn: Callable[[nn.Module], dict] | None = None,
         select: str = "last",
         early_stop_drop: float | None = None,
@@ -186,8 +187,9 @@ class Trainer:
             raise ConfigError(f"select {select!r} not accepted; accepted: {', '.join(SELECTIONS)}")
         if not (0 <= label_smoothing < 1):
             raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        if ema_decay is not None and not (0 < ema_decay < 1):
-            raise ConfigError(f"ema_decay must be in (0, 1) or None, got {ema_decay!r}")
+        ema_decay = 0.0 if ema_decay is None else ema_decay
+        if not (0 <= ema_decay < 1):
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 or None: no weight averaging), got {ema_decay!r}")
         if (select == "best" or early_stop_drop is not None) and val_fn is None:
             raise ConfigError(
                 "select='best' and early_stop_drop need a val_fn (a validation split of the training set)"
@@ -220,7 +222,7 @@ class Trainer:
         self.select = select
         self.early_stop_drop = early_stop_drop
         self.ema = None
-        if ema_decay is not None:
+        if ema_decay > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)

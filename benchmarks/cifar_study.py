@@ -34,7 +34,6 @@ CIFAR-10 results.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import sys
@@ -78,7 +77,7 @@ COMMON = dict(model="small-cnn", epochs=15, lr=0.05, eps_ramp=5, select="best")
 
 # ATL's CIFAR-10 default before the twelfth sweep round made it two chains with weight averaging: the changes that
 # bring today's recipe back to it (the sweep's variants are written on top of it)
-PREVIOUS_ATL = {"copies": 1, "ema_decay": None}
+PREVIOUS_ATL = {"copies": 1, "ema_decay": 0.0}
 # label -> (method, recipe changes at eps 8/255; step sizes scale with eps)
 STUDY_METHODS = {
     "clean": ("clean", {"eps_ramp": 0}),
@@ -243,8 +242,6 @@ def study_recipe(method: str, changes: dict, eps: float, epochs: int | None, nor
     (``common``, default :data:`COMMON`), ``changes``; every step size given for l-inf eps 8/255 keeps its ratio to
     eps (l2: eta, alpha as fractions of the l2 radius)."""
     r = recipe(method, "cifar10").replace(**(COMMON if common is None else common)).replace(**changes)
-    # Recipe.replace skips None values; here a change to None turns the setting off (PREVIOUS_ATL's "no EMA")
-    r = dataclasses.replace(r, **{k: None for k, v in changes.items() if v is None})
     scale = eps / EPS8
     r = r.replace(norm=norm, eps=eps, step_size=None if r.step_size is None else r.step_size * scale,
                   eta=None if r.eta is None else r.eta * scale)

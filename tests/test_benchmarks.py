@@ -274,7 +274,7 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     # the previous default's rows really run without weight averaging and with one chain (a change to None clears)
     old = json.loads((tmp_path / "out" / "runs" / f"{study.run_key('study', study.EPS8, 'ATL (K 1, no EMA)', 0)}.json")
                      .read_text())["recipe"]
-    assert (old["copies"], old["ema_decay"]) == (1, None)
+    assert (old["copies"], old["ema_decay"]) == (1, 0.0)
     # ... and its own line against the best single-step row of any tricks (rows told apart by inner step)
     single_targets = [line for line in text.split("Targets:")[1].splitlines() if "best single-step" in line]
     assert [re.search(r"\): (ATL.*?) AutoAttack", line).group(1) for line in single_targets] == labels

@@ -109,9 +109,12 @@ def test_tricks_need_a_validation_split_and_valid_values():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for kwargs, match in (({"select": "best"}, "val_fn"), ({"early_stop_drop": 20}, "val_fn"),
                           ({"loss": "mse"}, "loss"), ({"label_smoothing": 1.0}, "label_smoothing"),
-                          ({"ema_decay": 1.5}, "ema_decay"), ({"select": "first"}, "select")):
+                          ({"ema_decay": 1.5}, "ema_decay"), ({"ema_decay": -0.1}, "ema_decay"),
+                          ({"select": "first"}, "select")):
         with pytest.raises(ConfigError, match=match):
             Trainer(model, opt, Clean(), **kwargs)
+    # no weight averaging is spelled 0 (the recipes' and the CLI's spelling) or None (the Python API's earlier one)
+    assert all(Trainer(model, opt, Clean(), ema_decay=d).ema is None for d in (0, 0.0, None))
     r = recipe("fgsm-rs", "mnist").replace(model="small-cnn", early_stop_drop=20.0)
     with pytest.raises(ConfigError, match="validation split"):
         build_training(r, DATA, None)
@@ -149,7 +152,7 @@ def test_atl_cifar_default_is_two_chains_with_weight_averaging_and_imagenet_keep
     assert (r.copies, r.ema_decay, r.consistency, r.eta) == (2, 0.999, 10.0, 1.25 * 8 / 255)
     assert "EMA 0.999" in r.tricks() and "K 2 chains" in r.tricks()
     assert recipe("atl", "cifar100").copies == 2 and recipe("atl", "imagenet").copies == 1
-    assert recipe("free-atl", "cifar10").copies == 1 and recipe("fgsm-pgi", "imagenet").ema_decay is None
+    assert recipe("free-atl", "cifar10").copies == 1 and recipe("fgsm-pgi", "imagenet").ema_decay == 0.0
     # a user turns the averaging off with ema_decay 0 (`--ema-decay 0`): no average is kept, none is named
     from adv_transport.cli import build_parser, make_recipe
 
