@@ -517,9 +517,13 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
                 f"{', '.join(sorted({v.get('commit', '?') for v in m['seeds'].values()}))} |")
     sweep = [r for r in runs if r["mode"] == "sweep"]
     if sweep:
+        ns = sorted({r["final"]["n_examples"] for r in sweep if r["final"].get("n_examples")})
         lines += ["", "### ATL sweep (eps 8/255, seed 0 unless the seed column says otherwise; judged on the "
                   "validation split, test set untouched; rows named 'reference: ...' are other methods on the same "
                   "split)", "",
+                  f"Validation AutoAttack on the first {' or '.join(map(str, ns)) or 'n/a'} images of the validation "
+                  "split (the selection of the epoch reads PGD-20 on all of it); one such accuracy has a binomial "
+                  "standard error of about 2 points.", "",
                   "| variant | seed | val clean % | val PGD-20 % | val AutoAttack % | Square drop | selected epoch |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(sweep, key=lambda r: -(r["final"].get("autoattack_acc") or r["final"]["pgd_acc"])):
