@@ -395,6 +395,14 @@ def test_cifar_study_targets_hold_every_atl_row_against_the_best_single_step_row
                              "FGSM-PGI": {**row("fgsm-pgi", 29.4), "n_seeds": 1}}}}
     (line,) = study.targets(one)
     assert line.startswith("- **Met**") and "a provisional reading, not a verdict" in line
+    # the same-seed differences: over the seeds both rows ran, with their mean and its standard error
+    seeds = lambda *v: {str(i): {"autoattack_acc": x} for i, x in enumerate(v)}  # noqa: E731
+    a, b = {"seeds": {**seeds(27.5, 27.5, 29.1), "7": {"autoattack_acc": 40.0}}}, {"seeds": seeds(27.9, 27.1, 26.7)}
+    assert study.paired_gap(a, b) == (" Per seed: -0.4, +0.4, +2.4 points; mean +0.80 ± 0.83 (standard error over "
+                                      "seeds).")
+    assert study.paired_gap({"seeds": seeds(30.0)}, b) == ""  # one shared seed: no spread to give
+    agg["eps"]["8/255"]["ATL"]["seeds"], agg["eps"]["8/255"]["FGSM-PGI + EMA"]["seeds"] = a["seeds"], b["seeds"]
+    assert "Per seed: -0.4, +0.4, +2.4 points" in study.targets(agg)[0]
 
 
 def test_cifar_study_other_model_fast_path_order_time_box_and_failures(tmp_path, monkeypatch, capsys):
