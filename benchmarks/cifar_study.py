@@ -331,8 +331,20 @@ def train_and_evaluate(mode, label, method, changes, eps, seed, data, args, part
     return res
 
 
-def load_runs(out: Path) -> list[dict]:
+def load_runs(out: Path, also=()) -> list[dict]:
+    """The run records of ``out``, and the study runs of the folders ``also`` (more seeds run into a folder of their
+    own); a run found in two folders is refused, as it would be counted twice."""
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    found = {p.name: out for p in (out / "runs").glob("*.json")}
+    for other in map(Path, also):
+        for p in sorted((other / "runs").glob("*.json")):
+            r = json.loads(p.read_text())
+            if r["mode"] != "study":
+                continue
+            if p.name in found:
+                raise SystemExit(f"run {p.stem} is in {found[p.name]} and in {other}: each run may be counted once")
+            found[p.name] = other
+            runs.append(r)
     order = {label: i for i, label in enumerate(STUDY_METHODS)}
     return sorted(runs, key=lambda r: (r["mode"], r["eps"], order.get(r["label"], 99), r["seed"]))
 
@@ -582,7 +594,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def report(out: Path, args) -> dict:
-    runs = load_runs(out)
+    runs = load_runs(out, getattr(args, "also", ()))
     agg = aggregate(runs)
     models = sorted({r["recipe"]["model"] for r in runs}) or [args.model]
     if len(models) > 1:
@@ -613,6 +625,10 @@ def main(argv=None):
     p.add_argument("--methods", help="';'-separated labels (study: of STUDY_METHODS; sweep: of SWEEP and "
                    "SWEEP_REFERENCES), run in this order")
     p.add_argument("--epochs", type=int, help="override the study's 15 epochs")
+    p.add_argument("--also", action="append", default=[], metavar="DIR",
+                   help="report only: another results folder whose study runs join this folder's aggregate (e.g. "
+                   "more seeds run with --out a folder of their own); needs --benchmarks-md, as the section would "
+                   "otherwise replace the main study's")
     p.add_argument("--train-n", type=int, default=49000)
     p.add_argument("--val-n", type=int, default=1000)
     p.add_argument("--val-aa-n", type=int, default=500)
@@ -659,6 +675,8 @@ def main(argv=None):
         p.error(f"--val-n must be >= 1 (the validation split: the last val_n training images), got {args.val_n}")
     if args.mode == "sweep" and args.norm != "linf":
         p.error("the sweep runs at l-inf eps 8/255 (its variants are written for it); --norm l2 is for the study")
+    if args.also and (args.mode != "report" or not args.benchmarks_md):
+        p.error("--also is for `report` with --benchmarks-md (a file other than the main study's BENCHMARKS.md)")
     if args.mode != "report":
         full = at.load_dataset("cifar10", "train", args.data_dir)
         n_train = min(args.train_n, len(full) - args.val_n)

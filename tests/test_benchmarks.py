@@ -271,7 +271,7 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     labels = [re.search(r"\): (ATL.*?) [0-9.]+ %", line).group(1) for line in pgd_targets]
     assert labels == ["ATL", "ATL (13 epochs)", "ATL (K 4)", "ATL (K 1, no EMA)", "ATL (K 1, no EMA, 13 epochs)",
                       "ATL (K 1) + EMA"]
-    # the previous default's rows really run without weight averaging and with one chain (a change to None clears)
+    # the previous default's rows really run without weight averaging (ema_decay 0) and with one chain
     old = json.loads((tmp_path / "out" / "runs" / f"{study.run_key('study', study.EPS8, 'ATL (K 1, no EMA)', 0)}.json")
                      .read_text())["recipe"]
     assert (old["copies"], old["ema_decay"]) == (1, 0.0)
@@ -297,6 +297,21 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     ref = json.loads((tmp_path / "sw" / "runs" / f"{key}.json").read_text())
     assert (ref["method"], ref["recipe"]["ema_decay"], ref["final_on"]) == ("fgsm-pgi", 0.999, "validation")
     assert "| reference: FGSM-PGI + EMA 0.999 | 0 |" in (tmp_path / "B2.md").read_text()
+    # more seeds in a folder of their own join the aggregate with `report --also`; a run in both folders is refused
+    more = tmp_path / "more" / "runs"
+    more.mkdir(parents=True)
+    atl0 = json.loads((tmp_path / "out" / "runs" / "study-eps8-ATL-seed0.json").read_text())
+    (more / "study-eps8-ATL-seed3.json").write_text(json.dumps({**atl0, "seed": 3}))
+    both = study.main(["report", "--out", str(tmp_path / "more"), "--also", str(tmp_path / "out"), "--also",
+                       str(tmp_path / "sw"), "--benchmarks-md", str(tmp_path / "B3.md")])
+    assert sorted(both["eps"]["8/255"]["ATL"]["seeds"]) == ["0", "3"] and both["eps"]["8/255"]["ATL"]["n_seeds"] == 2
+    assert both["eps"]["8/255"]["FGSM-PGI"]["n_seeds"] == 1 and "ATL sweep" not in (tmp_path / "B3.md").read_text()
+    (more / "study-eps8-ATL-seed0.json").write_text(json.dumps(atl0))
+    with pytest.raises(SystemExit, match="each run may be counted once"):
+        study.main(["report", "--out", str(tmp_path / "more"), "--also", str(tmp_path / "out"), "--benchmarks-md",
+                    str(tmp_path / "B3.md")])
+    with pytest.raises(SystemExit):  # --also only reports, and never into the main study's section
+        study.main(["report", "--out", str(tmp_path / "more"), "--also", str(tmp_path / "out")])
 
 
 @pytest.mark.parametrize("runtime", [[], ["--channels-last"]], ids=["plain", "runtime"])
