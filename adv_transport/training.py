@@ -129,7 +129,7 @@ def build_training(
         model, opt, method, scheduler=sched, clean_weight=r.clean_weight, augment=augment,
         eval_fn=None if test is None else epoch_check(r.dataset, test, threat, eval_n, device),
         val_fn=None if val is None else validation_check(r.dataset, val, threat, val_n, device),
-        label_smoothing=r.label_smoothing, loss=r.loss, trades_beta=r.trades_beta, ema_decay=r.ema_decay or 0.0,
+        label_smoothing=r.label_smoothing, loss=r.loss, trades_beta=r.trades_beta, ema_decay=r.ema_decay,
         select=r.select, early_stop_drop=r.early_stop_drop, replay=r.replay, runtime=runtime, **trainer_kwargs,
     )
     return trainer, batches

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# ATL's CIFAR-10 default before the twelfth sweep round made it two chains with weight averaging: the recipe changes
+# that bring today's back to it (the CIFAR study's rows and sweep variants, epoch_cost's timing row)
+PREVIOUS_ATL = {"copies": 1, "ema_decay": 0.0}
 
 
 def git_commit() -> str:

@@ -52,6 +52,7 @@ from adv_transport.trainer import log_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (  # noqa: E402, F401 - shared
+    PREVIOUS_ATL,
     git_commit,
     mean_std,
     replace_section,
@@ -76,9 +77,6 @@ EPS8 = 8 / 255
 # is the one evaluated.
 COMMON = dict(model="small-cnn", epochs=15, lr=0.05, eps_ramp=5, select="best")
 
-# ATL's CIFAR-10 default before the twelfth sweep round made it two chains with weight averaging: the changes that
-# bring today's recipe back to it (the sweep's variants are written on top of it)
-PREVIOUS_ATL = {"copies": 1, "ema_decay": 0.0}
 # label -> (method, recipe changes at eps 8/255; step sizes scale with eps)
 STUDY_METHODS = {
     "clean": ("clean", {"eps_ramp": 0}),

@@ -40,7 +40,7 @@ from adv_transport.recipes import recipe
 from adv_transport.training import build_training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit  # noqa: E402 - shared by the scripts
+from bench_common import PREVIOUS_ATL, git_commit  # noqa: E402 - shared by the scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 # "pgd": the studies' multi-step reference with its recipe (MNIST: PGD-40 AT; CIFAR-10: PGD-10 AT), for the targets
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("clean", "clean+input-grad", "atl", "free-atl", "fgsm-rs", "pgd")
 # more rows per dataset: label -> (method, recipe changes); CIFAR-10: ATL's default before it kept two chains and
 # averaged its weights, timed beside today's
-VARIANTS = {"cifar10": {"atl (K 1, no EMA)": ("atl", {"copies": 1, "ema_decay": 0.0})}}
+VARIANTS = {"cifar10": {"atl (K 1, no EMA)": ("atl", PREVIOUS_ATL)}}
 
 
 def methods(dataset: str) -> tuple[str, ...]:
