@@ -128,7 +128,7 @@ def check_recipe(r) -> None:
         v = getattr(r, flag)
         need(finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
     need(finite(r.noise_mult) and r.noise_mult > 0, "noise-mult", r.noise_mult, "accepted: a finite number > 0")
-    need(r.ema_decay is None or (finite(r.ema_decay) and 0 <= r.ema_decay < 1), "ema-decay", r.ema_decay,
+    need(finite(r.ema_decay) and 0 <= r.ema_decay < 1, "ema-decay", r.ema_decay,
          "accepted: a number in [0, 1); 0 turns weight averaging off")
     ThreatModel(r.norm, r.eps)  # eps: finite, > 0, < 1 for l-inf
     check_model_name(r.model)
@@ -193,7 +193,8 @@ def _run_train(args, r, threat, runtime) -> Trainer:
             runtime.barrier()
         if note:
             say(f"adv-transport train: {note}")
-        stored = load_checkpoint(ckpt, fallback=False).get("config", {})
+        # its config only: mapped, not read (the bank, gigabytes at scale, is read once, by Trainer.resume)
+        stored = load_checkpoint(ckpt, fallback=False, mmap=True).get("config", {})
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
         differ = settings_differ(
             f"cannot resume {ckpt}",

@@ -122,9 +122,11 @@ class Recipe:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
         """The recipe stored as ``d`` (:meth:`to_dict`); fields it lacks take their defaults (a recipe written
-        before a field existed was trained with it), and an ATL recipe written before ``eta`` existed has its
-        Langevin step under ``step_size``."""
+        before a field existed was trained with it), an ATL recipe written before ``eta`` existed has its Langevin
+        step under ``step_size``, and ``ema_decay=None`` (how "no weight averaging" was once written) is read as 0."""
         d = dict(d)
+        if "ema_decay" in d and d["ema_decay"] is None:  # written while None meant "no weight averaging" (now 0)
+            d["ema_decay"] = 0.0
         if d.get("method") in LANGEVIN_METHODS and d.get("step_size") is not None and d.get("eta") is None:
             d["eta"], d["step_size"] = d["step_size"], None
         _check_fields(d)

@@ -55,6 +55,7 @@ def resumable_training(r, train, test, where: Path | None, *, commit: str, **kwa
     is saved."""
     from adv_transport.checkpoint import load_checkpoint, previous_path, recover_checkpoint
     from adv_transport.errors import ConfigError, settings_differ
+    from adv_transport.recipes import Recipe
     from adv_transport.training import build_training
 
     if where is None:
@@ -69,7 +70,8 @@ def resumable_training(r, train, test, where: Path | None, *, commit: str, **kwa
         stored = load_checkpoint(ckpt, mmap=True).get("config", {})
         differ = settings_differ(
             f"cannot resume the interrupted run in {where}",
-            {**stored.get("recipe", {}), **stored.get("settings", {})}, {**config["recipe"], **config["settings"]},
+            {**Recipe.from_dict(stored.get("recipe", {})).to_dict(), **stored.get("settings", {})},
+            {**config["recipe"], **config["settings"]},
             advice=f"The checkpoint was left as it is; remove {where} to train this run afresh.",
         )
         if differ:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from adv_transport import FGSMRS, Clean, ConfigError, IndexedBatches, ThreatModel, Trainer
-from adv_transport.recipes import recipe
+from adv_transport.recipes import Recipe, recipe
 from adv_transport.training import build_training
 
 from conftest import TinyCNN, synthetic_dataset
@@ -115,6 +115,9 @@ def test_tricks_need_a_validation_split_and_valid_values():
             Trainer(model, opt, Clean(), **kwargs)
     # no weight averaging is spelled 0 (the recipes' and the CLI's spelling) or None (the Python API's earlier one)
     assert all(Trainer(model, opt, Clean(), ema_decay=d).ema is None for d in (0, 0.0, None))
+    # a recipe stored with that earlier spelling reads back as 0 (so a resume's settings check sees no difference)
+    old = recipe("fgsm-pgi", "cifar10").to_dict() | {"ema_decay": None}
+    assert Recipe.from_dict(old).ema_decay == 0.0 and Recipe.from_dict(old) == recipe("fgsm-pgi", "cifar10")
     r = recipe("fgsm-rs", "mnist").replace(model="small-cnn", early_stop_drop=20.0)
     with pytest.raises(ConfigError, match="validation split"):
         build_training(r, DATA, None)
