@@ -15,7 +15,8 @@ Each run is saved as soon as it ends (``<out>/runs/<key>.json``) and skipped whe
 interrupted study resumes run by run; while a run trains, its checkpoint (bank included) is kept after every epoch in
 ``<out>/partial/<key>/`` (git-ignored; removed once its result is saved; `--no-checkpoints`: none), so a run cut off
 part-way continues from its last finished epoch. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack
-accuracy, training seconds, gradient evaluations), ``<out>/study.png`` and a BENCHMARKS.md section are rebuilt from
+accuracy, training seconds, gradient evaluations), ``<out>/study.png`` (per-epoch curves), ``<out>/study_autoattack.png``
+(final AutoAttack per method and seed, with the targets' bars) and a BENCHMARKS.md section are rebuilt from
 whatever runs exist (``report`` rebuilds them without training).
 
     python benchmarks/cifar_study.py sweep  --data-dir ../shared/data
@@ -576,7 +577,7 @@ def plot(runs: list[dict], path: Path) -> None:
             for i, r in enumerate(sorted(rs, key=lambda r: r["seed"])):
                 h = r["history"]
                 ax.plot([x["input_grad_evals"] + x["param_grad_evals"] for x in h], [x["pgd_acc"] for x in h],
-                        color=f"C{list(STUDY_METHODS).index(label)}", alpha=0.8, marker=".",
+                        color=plt.get_cmap("tab20")(list(STUDY_METHODS).index(label) % 20), alpha=0.8, marker=".",
                         label=label if i == 0 else None)
         ax.set_xscale("log")
         ax.set_xlabel("gradient evaluations (log scale)")
@@ -586,6 +587,65 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     models = sorted({r["recipe"]["model"] for r in study})
     fig.suptitle(f"CIFAR-10 study, {', '.join(models)}: " + LOSSY_LABEL, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_autoattack(agg: dict, path: Path, title: str) -> None:
+    """The study's final numbers at a glance: per threat, each method's test AutoAttack accuracy, one dot per seed and
+    its mean ± std, methods sorted by mean and labelled with their cost (gradient evaluations, relative to PGD-10 AT
+    where it ran); at eps 8/255 the two targets' bars (best single-step method + 1, PGD-10 AT - 1) as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {eps: {k: m for k, m in ms.items() if m.get("autoattack_acc_mean") is not None and m["method"] != "clean"}
+              for eps, ms in agg["eps"].items()}
+    panels = {eps: ms for eps, ms in panels.items() if ms}
+    if not panels:
+        return
+    rows = max(len(ms) for ms in panels.values())
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 1.2 + 0.38 * rows), squeeze=False)
+    for ax, (eps, ms) in zip(axes[0], panels.items()):
+        order = sorted(ms, key=lambda k: ms[k]["autoattack_acc_mean"])
+        pgd = ms.get("PGD-10 AT")
+        # rows far below the rest (free ATL's 5 % beside 28 %) are marked at the left edge with their value, so that
+        # the scale stays readable where the methods are close
+        top = max(m["autoattack_acc_mean"] for m in ms.values())
+        low = min((v["autoattack_acc"] for m in ms.values() for v in m["seeds"].values()
+                   if v.get("autoattack_acc") is not None and v["autoattack_acc"] >= top - 10), default=top - 10) - 1
+        ticks = []
+        for y, label in enumerate(order):
+            m = ms[label]
+            per_seed = [v["autoattack_acc"] for v in m["seeds"].values() if v.get("autoattack_acc") is not None]
+            color = "C1" if m["method"] == "atl" else ("C3" if m["method"] == "pgd" else "C0")
+            if m["autoattack_acc_mean"] < low:
+                ax.annotate(f"< {m['autoattack_acc_mean']:.1f} ± {m['autoattack_acc_std'] or 0:.1f} (off the scale)",
+                            (low, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8, color=color)
+            else:
+                ax.scatter(per_seed, [y] * len(per_seed), s=14, color=color, alpha=0.5, zorder=2)
+                ax.errorbar(m["autoattack_acc_mean"], y, xerr=m["autoattack_acc_std"] or 0, fmt="D", color=color,
+                            ms=5, capsize=3, zorder=3)
+            cost = (f"{m['grad_evals_mean'] / pgd['grad_evals_mean']:.2f}x PGD-10 AT" if pgd
+                    else f"{m['grad_evals_mean'] / 1e6:.2f} M grad evals")
+            ticks.append(f"{label} ({m['n_seeds']} seed{'s' if m['n_seeds'] > 1 else ''}, {cost})")
+        high = max(v["autoattack_acc"] for m in ms.values() for v in m["seeds"].values()
+                   if v.get("autoattack_acc") is not None)
+        ax.set_xlim(low, high + 0.5)
+        ax.set_yticks(range(len(ticks)), ticks, fontsize=8)
+        single = [m["autoattack_acc_mean"] for m in ms.values() if m["method"] in SINGLE_STEP_METHODS]
+        if eps == "8/255" and single:
+            ax.axvline(max(single) + 1, color="C0", ls="--", lw=1, label="best single-step + 1")
+        if eps == "8/255" and pgd:
+            ax.axvline(pgd["autoattack_acc_mean"] - 1, color="C3", ls="--", lw=1, label="PGD-10 AT - 1")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlabel("test AutoAttack accuracy (%): dots seeds, diamond mean ± std")
+        ax.set_title(f"eps {eps}" + (" (l-inf)" if "/" in eps else ""))
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -606,6 +666,7 @@ def report(out: Path, args) -> dict:
     }
     (out / "study.json").write_text(json.dumps({"meta": meta, **agg}, indent=1))
     plot(runs, out / "study.png")
+    plot_autoattack(agg, out / "study_autoattack.png", f"CIFAR-10 study, {meta['model']}: {LOSSY_LABEL}")
     section = markdown(agg, runs, meta)
     (out / "study.md").write_text(section)
     md = Path(args.benchmarks_md) if args.benchmarks_md else (None if args.quick else ROOT / "BENCHMARKS.md")

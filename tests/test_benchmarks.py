@@ -280,6 +280,7 @@ def test_cifar_study_quick_mode_runs_every_method_resumes_and_reports(tmp_path):
     assert [re.search(r"\): (ATL.*?) AutoAttack", line).group(1) for line in single_targets] == labels
     assert not any(f"method, {row}," in text for row in ("ATL", "PGD-10 AT", "clean", "Free ATL"))
     assert (tmp_path / "out" / "study.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "study_autoattack.png").stat().st_size > 1000  # final AutoAttack per method and seed
     # the sweep judges on the validation split only
     # (on the seeds asked for: a variant on several seeds gets its mean over them)
     sweep = study.main(["sweep", "--quick", "--data-dir", str(data), "--out", str(tmp_path / "sw"), "--methods",
