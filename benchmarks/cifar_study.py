@@ -468,6 +468,13 @@ def section_marker(model: str) -> str:
     return "cifar-study" if model == COMMON["model"] else f"cifar-study-{model}"
 
 
+def study_epochs(meta: dict) -> str:
+    """The small-CNN study's epochs: 15 (rows that differ say so in their labels), or the one count of a folder run
+    with ``--epochs`` (a pilot at another length)."""
+    epochs = meta.get("epochs") or [15]
+    return "15" if 15 in epochs else "/".join(f"{e:g}" for e in epochs)
+
+
 def other_model_intro(meta: dict) -> str:
     """The conditions of a study on another model than the small CNN (a GPU run, as a rule)."""
     nums = lambda xs: "/".join(f"{x:g}" for x in xs) or "n/a"  # noqa: E731
@@ -508,7 +515,8 @@ def markdown(agg: dict, runs: list[dict], meta: dict) -> str:
         "clean accuracy; it was not built, because every run of this study would cost as much more. Training on the "
         "first 49,000 "
         "training images, the last 1,000 are the validation split (model selection, the sweep); SGD, one-cycle LR "
-        "peak 0.05, 15 epochs, crop + flip after delta, eps warm-up over 5 epochs and best-on-validation selection "
+        f"peak 0.05, {study_epochs(meta)} epochs, crop + flip after delta, eps warm-up over 5 epochs and "
+        "best-on-validation selection "
         "for every method (FGSM-RS also stops early when validation PGD-20 drops 20 points below its best). "
         f"Final numbers on the first {meta['aa_n']} class-balanced test images: PGD-20 (step eps/4) and AutoAttack "
         "'standard' (pyautoattack), mean ± std over seeds. Seconds are training wall-clock (evaluation excluded) "
