@@ -1,9 +1,10 @@
-"""Command line: ``adv-transport train | eval | demo``."""
+"""Command line: adv-transport train | eval | submit | demo."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -51,9 +52,44 @@ def image_size_of(dataset: str, flag: int | None) -> int:
 
 
 def _device(name: str) -> torch.device:
+    """``--device``: auto (cuda when available, else cpu), cpu, cuda, cuda:<index>, ...; a name torch does not know,
+    or a GPU this machine does not have, is a :class:`ConfigError` before any work starts."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r} is not a device; accepted: auto, cpu, cuda, cuda:<index>") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu "
+                              "or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+def _need(ok: bool, flag: str, value, accepted: str) -> None:
+    """A :class:`ConfigError` ``--<flag> <value> is not accepted; <accepted>`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"--{flag} {value!r} is not accepted; {accepted}")
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v, flag: str, least: int = 1) -> None:
+    """``--flag`` must be an integer >= ``least``."""
+    _need(isinstance(v, int) and v >= least, flag, v, f"accepted: an integer >= {least}")
+
+
+def _out_folder(path: Path, flag: str = "out") -> Path:
+    """``--out`` must name a folder (existing or not), not a file."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--{flag} {path} is a file, not a folder; choose a folder (nothing was written)")
+    return path
 
 
 def recipe_fields() -> list[dataclasses.Field]:
@@ -80,17 +116,18 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=METHODS, default="atl")
-    p.add_argument("--dataset", type=dataset_arg, default="mnist", help=DATASET_HELP)
+    p.add_argument("--method", choices=METHODS, default="atl", help="inner step (default: atl)")
+    p.add_argument("--dataset", type=dataset_arg, default="mnist", help=DATASET_HELP + " (default: mnist)")
     p.add_argument("--image-size", type=int, help="imagenet and folder: datasets: resize and centre-crop to this side")
     p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
     add_recipe_args(p)
     p.add_argument("--train-subset", type=int, help="train on the first N training examples only")
     p.add_argument("--eval-n", type=int, default=1000, help="held-out test points for the per-epoch PGD check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and chains")
     p.add_argument("--data-dir", help="folder of .npz datasets (default $ADV_TRANSPORT_DATA, else download)")
     p.add_argument("--out", help="run folder (default runs/<dataset>-<method>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (a folder "
+                   "without one: a new run starts, and says so)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars: one plain line per epoch instead")
@@ -109,28 +146,31 @@ def check_recipe(r) -> None:
     """Refuse settings no run can use (``--epochs 0``, ``--lr nan``, an unknown timm model, ...) with one line each,
     before any data is read."""
 
-    def need(ok: bool, flag: str, value, accepted: str) -> None:
-        if not ok:
-            raise ConfigError(f"--{flag} {value!r} is not accepted; {accepted}")
-
-    def finite(v) -> bool:
-        return isinstance(v, (int, float)) and math.isfinite(v)
-
-    for flag in ("epochs", "batch_size", "copies"):
-        v = getattr(r, flag)
-        need(isinstance(v, int) and v >= 1, flag.replace("_", "-"), v, "accepted: an integer >= 1")
+    need, finite = _need, _finite
+    for flag in ("epochs", "batch_size", "copies", "replay"):
+        _count(getattr(r, flag), flag.replace("_", "-"))
+    need(r.reset_every is None or (isinstance(r.reset_every, int) and r.reset_every >= 0), "reset-every",
+         r.reset_every, "accepted: an integer >= 0 (0: never)")
     need(r.steps is None or r.steps >= 1, "steps", r.steps, "accepted: an integer >= 1")
     need(finite(r.lr) and r.lr > 0, "lr", r.lr, "accepted: a finite number > 0")
     for flag in ("step_size", "eta"):
         v = getattr(r, flag)
         need(v is None or (finite(v) and v > 0), flag.replace("_", "-"), v, "accepted: a finite number > 0")
-    for flag in ("weight_decay", "clean_weight", "noise_scale", "eps_ramp"):
+    for flag in ("weight_decay", "clean_weight", "noise_scale", "eps_ramp", "momentum", "consistency", "trades_beta",
+                 "pgi_lam", "pgi_decay"):
         v = getattr(r, flag)
         need(finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
     need(finite(r.noise_mult) and r.noise_mult > 0, "noise-mult", r.noise_mult, "accepted: a finite number > 0")
     need(finite(r.ema_decay) and 0 <= r.ema_decay < 1, "ema-decay", r.ema_decay,
          "accepted: a number in [0, 1); 0 turns weight averaging off")
-    ThreatModel(r.norm, r.eps)  # eps: finite, > 0, < 1 for l-inf
+    need(finite(r.pct_start) and 0 < r.pct_start < 1, "pct-start", r.pct_start, "accepted: a number in (0, 1)")
+    for flag in ("label_smoothing", "chain_momentum"):
+        v = getattr(r, flag)
+        need(finite(v) and 0 <= v < 1, flag.replace("_", "-"), v, "accepted: a number in [0, 1); 0 turns it off")
+    try:
+        ThreatModel(r.norm, r.eps)  # eps: finite, > 0, < 1 for l-inf
+    except ConfigError as e:
+        raise ConfigError(f"--eps {r.eps!r} is not accepted: {e}") from None
     check_model_name(r.model)
     if r.model.startswith("timm:"):
         try:
@@ -147,8 +187,20 @@ def _default_out(r) -> Path:
     return Path(f"runs/{name}-{r.method}")
 
 
+def check_train_args(args) -> None:
+    """The run's own flags (beside the recipe's), refused with one line each before any data is read."""
+    _count(args.eval_n, "eval-n")
+    if args.train_subset is not None:
+        _count(args.train_subset, "train-subset")
+    _count(args.checkpoint_every, "checkpoint-every", least=0)
+    if args.out:
+        _out_folder(Path(args.out))
+    _device(args.device)
+
+
 def run_train(args) -> Trainer:
     r = make_recipe(args)
+    check_train_args(args)
     threat = ThreatModel(r.norm, r.eps)
     runtime = runtime_from_args(args, args.device, args.seed)  # under torchrun: joins the process group
     try:
@@ -204,8 +256,11 @@ def _run_train(args, r, threat, runtime) -> Trainer:
         )
         if differ:
             raise ConfigError(differ)
-    elif runtime is not None and runtime.bank_path and r.method in ("atl", "free-atl", "atta"):
-        if Path(runtime.bank_file()).exists():
+    else:
+        if args.resume and not getattr(args, "demo", False):  # a job that always passes --resume, or a typo in --out
+            say(f"adv-transport train: --resume: {out} holds no checkpoint; starting a new run there")
+        banked = runtime is not None and runtime.bank_path and r.method in ("atl", "free-atl", "atta")
+        if banked and Path(runtime.bank_file()).exists():
             raise ConfigError(
                 f"the bank file {runtime.bank_file()} already exists and {out} holds no checkpoint to resume: remove "
                 "it or choose another --bank-path (nothing was overwritten)"
@@ -253,6 +308,14 @@ def run_eval(args) -> dict:
     from .eval import evaluate, pgd_defaults
     from .eval.report import to_markdown, write_report
 
+    _count(args.n_examples, "n-examples")
+    _count(args.batch_size, "batch-size")
+    _count(args.pgd_restarts, "pgd-restarts")
+    if args.pgd_steps is not None:
+        _count(args.pgd_steps, "pgd-steps")
+    if args.pgd_step_size is not None:
+        _need(_finite(args.pgd_step_size) and args.pgd_step_size > 0, "pgd-step-size", args.pgd_step_size,
+              "accepted: a finite number > 0")
     device = _device(args.device)
     run = load_run(args.checkpoint, device)
     r, model = run.recipe, run.model
@@ -273,8 +336,8 @@ def run_eval(args) -> dict:
         attacks,
         n_examples=args.n_examples,
         batch_size=args.batch_size,
-        pgd_steps=args.pgd_steps or steps,
-        pgd_step_size=args.pgd_step_size or step_size,
+        pgd_steps=steps if args.pgd_steps is None else args.pgd_steps,
+        pgd_step_size=step_size if args.pgd_step_size is None else args.pgd_step_size,
         pgd_restarts=args.pgd_restarts,
         device=device,
         progress=not args.no_progress,
@@ -290,12 +353,32 @@ def run_eval(args) -> dict:
         lossy_data=test.lossy,
         epochs_trained=run.epoch,
     )
-    stem = folder / "eval"
+    stem = report_stem(folder, report)
     title = f"{r['method']} / {r['model']} on {dataset}"
     print(to_markdown(report, title))
     js, md = write_report(report, stem, title)
     print(f"wrote {js} and {md}", file=sys.stderr)
     return report
+
+
+def report_stem(folder: Path, report: dict) -> Path:
+    """Where an evaluation's report goes: ``eval`` (``eval.json``, which ``load_run`` and ``submit`` read), unless the
+    ``eval.json`` already there covers more test points or attacks than this one (a quick check after a full
+    evaluation): then ``eval-n<N>-<attacks>``, and the fuller report stays."""
+    stored_path = folder / "eval.json"
+    if stored_path.is_file():
+        try:
+            stored = json.loads(stored_path.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        covers = report["n_examples"] >= int(stored.get("n_examples") or 0) and set(report["attacks"]) >= set(
+            stored.get("attacks") or ())
+        if not covers:
+            stem = folder / f"eval-n{report['n_examples']}-{'+'.join(report['attacks'])}"
+            print(f"{stored_path} covers more test points or attacks than this evaluation and is kept; this one goes "
+                  f"to {stem.name}.json", file=sys.stderr)
+            return stem
+    return folder / "eval"
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -307,24 +390,30 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         default="clean,fgsm,pgd",
         help="comma-separated: clean, fgsm, pgd, autoattack (pyautoattack 'standard'), autoattack-rand",
     )
-    p.add_argument("--n-examples", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--eps", type=float)
-    p.add_argument("--norm", choices=NORMS)
-    p.add_argument("--pgd-steps", type=int)
-    p.add_argument("--pgd-step-size", type=float)
-    p.add_argument("--pgd-restarts", type=int, default=1)
+    p.add_argument("--n-examples", type=int, default=1000, help="the first N test points (default 1000; RobustBench "
+                   "reports all 10000)")
+    p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size (default 500)")
+    p.add_argument("--eps", type=float, help="threat radius (default: the checkpoint's)")
+    p.add_argument("--norm", choices=NORMS, help="threat norm (default: the checkpoint's)")
+    p.add_argument("--pgd-steps", type=int, help="PGD steps (default: 40 on MNIST, 20 elsewhere)")
+    p.add_argument("--pgd-step-size", type=float,
+                   help="PGD step (default: 0.01 on MNIST, 2/255 for l-inf and eps/4 for l2 elsewhere)")
+    p.add_argument("--pgd-restarts", type=int, default=1, help="PGD random restarts (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of random starts and of AutoAttack")
-    p.add_argument("--data-dir")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--data-dir", help="folder of .npz datasets (default $ADV_TRANSPORT_DATA, else download)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run_demo(args) -> None:
     """The main job: ATL on MNIST with the documented defaults, evaluation, table and plot."""
+    from .eval import ATTACKS
     from .plots import plot_history
 
-    train_args = argparse.Namespace(**{**vars(args), "method": "atl", "dataset": "mnist", "resume": True})
+    unknown = [a for a in (a.strip() for a in args.attacks.split(",")) if a and a not in ATTACKS]
+    if unknown:  # before training, not after it
+        raise ConfigError(f"--attacks: unknown attack(s) {unknown}; accepted: {', '.join(ATTACKS)}")
+    train_args = argparse.Namespace(**{**vars(args), "method": "atl", "dataset": "mnist", "resume": True, "demo": True})
     for k in [f.name for f in recipe_fields()] + ["train_subset"]:
         if not hasattr(train_args, k):
             setattr(train_args, k, None)
@@ -347,6 +436,10 @@ def run_submit(args) -> dict:
     """Export a RobustBench submission for a checkpoint (plugins/robustbench.py)."""
     from .plugins.robustbench import export_submission
 
+    if args.reported is not None:
+        _need(_finite(args.reported) and 0 <= args.reported <= 100, "reported", args.reported,
+              "accepted: an accuracy in % between 0 and 100")
+    out = _out_folder(Path(args.out))
     run = load_run(args.checkpoint)
     if run.evaluation is None:
         print(
@@ -362,7 +455,11 @@ def run_submit(args) -> dict:
         card["reported"] = f"{args.reported:.2f}"
     dataset = args.dataset or run.recipe.get("dataset")
     threat_model = args.threat_model or host_norm(run.recipe.get("norm", "linf"))
-    paths = export_submission(run, args.name, dataset, threat_model, args.out, report=run.evaluation, card=card)
+    card_file = out / "model_info" / str(dataset) / str(threat_model) / f"{args.name}.json"
+    if card_file.exists():
+        raise ConfigError(f"{card_file} already exists: remove it or choose another --out or --name (nothing was "
+                          "overwritten)")
+    paths = export_submission(run, args.name, dataset, threat_model, out, report=run.evaluation, card=card)
     for what, path in paths.items():
         print(f"{what}: {path}")
     return paths
@@ -383,22 +480,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--threat-model", choices=tuple(HOST_NORMS.values()), help="as RobustBench spells it (default: the run's norm)"
     )
     p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
-    p.add_argument("--authors")
-    p.add_argument("--link")
-    p.add_argument("--venue")
+    p.add_argument("--authors", help="the card's 'authors' field")
+    p.add_argument("--link", help="the card's 'link' field (the paper's URL)")
+    p.add_argument("--venue", help="the card's 'venue' field")
     p.add_argument("--title", required=True, help="the paper's title: the card's 'name' field")
     p.add_argument("--reported", type=float, help="robust accuracy (%%) reported in the paper: the card's 'reported'")
     p = sub.add_parser("demo", help="train ATL on MNIST, evaluate, print the table, plot (the README's main job)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--train-subset", type=int)
-    p.add_argument("--eval-n", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the MNIST recipe's, 12)")
+    p.add_argument("--train-subset", type=int, help="train on the first N training examples only")
+    p.add_argument("--eval-n", type=int, default=1000, help="held-out test points for the per-epoch PGD check")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and chains")
+    p.add_argument("--data-dir", help="folder of .npz datasets (default $ADV_TRANSPORT_DATA, else download)")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo; resumed from its checkpoint)")
     p.add_argument("--attacks", default="clean,fgsm,pgd,autoattack", help="attacks of the final evaluation")
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars: one plain line per epoch instead")
     return parser
 
 

@@ -848,7 +848,7 @@ def runtime_from_args(args, device: str, seed: int) -> Runtime | None:
         bank_device=getattr(args, "bank_device", None), bank_path=getattr(args, "bank_path", None), sync_every=1,
     )
     every = getattr(args, "sync_every", None)
-    rt.sync_every = int(every) if every else (50 if rt.device.type == "cuda" else 1)
+    rt.sync_every = int(every) if every is not None else (50 if rt.device.type == "cuda" else 1)
     if rt.sync_every < 1:
         raise ConfigError(f"--sync-every {every!r} is not accepted; accepted: an integer >= 1")
     return rt

@@ -15,8 +15,9 @@ Each run is saved as soon as it ends (``<out>/runs/<key>.json``) and skipped whe
 interrupted study resumes run by run; while a run trains, its checkpoint (bank included) is kept after every epoch in
 ``<out>/partial/<key>/`` (git-ignored; removed once its result is saved; `--no-checkpoints`: none), so a run cut off
 part-way continues from its last finished epoch. ``<out>/study.json`` (per eps and method: per-seed and mean AutoAttack
-accuracy, training seconds, gradient evaluations), ``<out>/study.png`` (per-epoch curves), ``<out>/study_autoattack.png``
-(final AutoAttack per method and seed, with the targets' bars) and a BENCHMARKS.md section are rebuilt from
+accuracy, training seconds, gradient evaluations), ``<out>/study.png`` (per-epoch curves),
+``<out>/study_autoattack.png`` (final AutoAttack per method and seed, with the targets' bars) and a BENCHMARKS.md
+section are rebuilt from
 whatever runs exist (``report`` rebuilds them without training).
 
     python benchmarks/cifar_study.py sweep  --data-dir ../shared/data

@@ -95,6 +95,22 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--model", "timm:resnet19"], "has no model 'resnet19'; close names: resnet18"),
         (["--model", "resnet18"], "unknown model 'resnet18'; accepted: mnist-cnn"),
         (["--model", "wrn-27-10"], "wrn-27-10"),
+        # settings that used to fail inside torch (a traceback) or only after an epoch (NaN)
+        (["--replay", "0"], "--replay 0 is not accepted; accepted: an integer >= 1"),
+        (["--pct-start", "2"], "--pct-start 2.0 is not accepted; accepted: a number in (0, 1)"),
+        (["--pct-start", "nan"], "--pct-start nan is not accepted"),
+        (["--momentum", "-1"], "--momentum -1.0 is not accepted; accepted: a finite number >= 0"),
+        (["--momentum", "nan"], "--momentum nan is not accepted"),
+        (["--trades-beta", "nan"], "--trades-beta nan is not accepted"),
+        (["--label-smoothing", "1"], "--label-smoothing 1.0 is not accepted; accepted: a number in [0, 1)"),
+        (["--chain-momentum", "-0.1"], "--chain-momentum -0.1 is not accepted"),
+        (["--consistency", "-1"], "--consistency -1.0 is not accepted"),
+        (["--reset-every", "-1"], "--reset-every -1 is not accepted; accepted: an integer >= 0"),
+        (["--eps", "nan"], "--eps nan is not accepted: eps must be a finite number > 0"),
+        (["--eval-n", "0"], "--eval-n 0 is not accepted; accepted: an integer >= 1"),
+        (["--train-subset", "0"], "--train-subset 0 is not accepted"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every -1 is not accepted; accepted: an integer >= 0"),
+        (["--device", "foo"], "--device 'foo' is not a device; accepted: auto, cpu, cuda, cuda:<index>"),
     ],
 )
 def test_bad_settings_are_one_line_errors(mnist_dir, tmp_path, capsys, extra, message):
@@ -181,3 +197,49 @@ def test_wide_resnet_names_are_accepted_by_train():
 
     r = make_recipe(build_parser().parse_args(["train", "--dataset", "cifar10", "--model", "wrn-28-10"]))
     assert r.model == "wrn-28-10"
+
+
+def test_out_that_is_a_file_and_resume_without_a_checkpoint_are_said_before_any_work(mnist_dir, tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("notes")
+    assert _train(mnist_dir, afile) == 2
+    assert "is a file, not a folder; choose a folder (nothing was written)" in capsys.readouterr().err
+    assert afile.read_text() == "notes"
+    if not torch.cuda.is_available():  # a machine without a GPU refuses --device cuda at once
+        assert _train(mnist_dir, tmp_path / "gpu", "--device", "cuda") == 2
+        assert "has no CUDA GPU that torch can use" in capsys.readouterr().err
+    # --resume on a folder without a checkpoint (a first start, or a typo) starts a new run and says so
+    assert _train(mnist_dir, tmp_path / "new", "--resume", "--epochs", "1") == 0
+    assert "holds no checkpoint; starting a new run there" in capsys.readouterr().err
+
+
+def test_eval_refuses_bad_settings_and_keeps_a_fuller_report(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(mnist_dir, out, "--epochs", "1") == 0
+    base = ["eval", "--checkpoint", str(out), "--data-dir", str(mnist_dir), "--no-progress"]
+    for extra, message in ((["--batch-size", "0"], "--batch-size 0 is not accepted"),
+                           (["--n-examples", "0"], "--n-examples 0 is not accepted"),
+                           (["--pgd-steps", "0"], "--pgd-steps 0 is not accepted"),
+                           (["--pgd-step-size", "nan"], "--pgd-step-size nan is not accepted"),
+                           (["--pgd-restarts", "0"], "--pgd-restarts 0 is not accepted"),
+                           (["--device", "cuda:x"], "is not a device")):
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (out / "eval.json").exists()
+    assert main(base + ["--n-examples", "12", "--attacks", "clean,pgd"]) == 0
+    full = (out / "eval.json").read_text()
+    # a quicker check afterwards (fewer points) goes beside it; the fuller report stays where submit reads it
+    assert main(base + ["--n-examples", "6", "--attacks", "clean,pgd"]) == 0
+    assert (out / "eval.json").read_text() == full
+    assert json.loads((out / "eval-n6-clean+pgd.json").read_text())["n_examples"] == 6
+    # one with as many points and more attacks replaces it
+    assert main(base + ["--n-examples", "12", "--attacks", "clean,fgsm,pgd"]) == 0
+    assert json.loads((out / "eval.json").read_text())["attacks"] == ["clean", "fgsm", "pgd"]
+
+
+def test_demo_refuses_unknown_attacks_before_training(tmp_path, capsys):
+    assert main(["demo", "--attacks", "clean,foo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 2
+    assert "--attacks: unknown attack(s) ['foo']" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

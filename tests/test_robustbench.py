@@ -332,6 +332,16 @@ def test_submit_command_reads_eval_report(tmp_path, capsys):
     assert card["autoattack_acc"] == "41.00" and card["authors"] == "J. Doe" and card["reported"] == "42.50"
     assert card["name"] == "Langevin adversarial transport"
     assert "JPEG-lossy" in card["footnote"]
+    # the same name into the same folder again: refused, the card kept; so is an accuracy that is no percentage
+    card_file = tmp_path / "sub/model_info/cifar10/Linf/Doe2026Langevin.json"
+    before = card_file.read_text()
+    assert main(argv[:-2] + ["--reported", "40"]) == 2
+    assert "Doe2026Langevin.json already exists: remove it or choose another --out or --name" in capsys.readouterr().err
+    assert card_file.read_text() == before
+    for reported in ("150", "nan"):
+        assert main(argv[:-2] + ["--reported", reported, "--out", str(tmp_path / "other")]) == 2
+        assert "accepted: an accuracy in % between 0 and 100" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
     bad = ["submit", "--checkpoint", str(run), "--name", "bad-name", "--out", str(tmp_path / "x"), "--title", "T"]
     assert main(bad) == 2
     assert "<Name><Year><Word>" in capsys.readouterr().err
