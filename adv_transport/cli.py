@@ -383,7 +383,8 @@ def report_stem(folder: Path, report: dict) -> Path:
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
-    p.add_argument("--dataset", type=dataset_arg, help="default: the checkpoint's (" + DATASET_HELP + ")")
+    p.add_argument("--dataset", type=dataset_arg, help="the checkpoint's own dataset (the default; another one is "
+                   "refused): " + DATASET_HELP)
     p.add_argument("--workers", type=int, help="imagenet and folder: datasets: DataLoader worker processes")
     p.add_argument(
         "--attacks",
@@ -475,9 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="export a RobustBench submission (checkpoint, model card, zoo entry)")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder (its eval.json fills the card)")
     p.add_argument("--name", required=True, help="<Name><Year><Word>, e.g. Doe2026Langevin")
-    p.add_argument("--dataset", type=dataset_arg, help="one with a RobustBench leaderboard (default: the checkpoint's)")
+    p.add_argument("--dataset", type=dataset_arg, help="the checkpoint's own dataset (the default; another one is "
+                   "refused), one with a RobustBench leaderboard")
     p.add_argument(
-        "--threat-model", choices=tuple(HOST_NORMS.values()), help="as RobustBench spells it (default: the run's norm)"
+        "--threat-model", choices=tuple(HOST_NORMS.values()),
+        help="as RobustBench spells it; the run's own norm (the default; another one is refused)"
     )
     p.add_argument("--out", default="submission", help="folder receiving models/, model_info/, model_zoo_entry.py")
     p.add_argument("--authors", help="the card's 'authors' field")
