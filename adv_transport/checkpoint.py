@@ -144,6 +144,15 @@ def safe_load(path: str | os.PathLike, what: str, map_location: str | torch.devi
     pages are read when it is used)."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read as {what} ({e.strerror or type(e).__name__})") from None
+    if not head:
+        raise CheckpointError(f"{path} is empty (truncated or corrupt), not {what}")
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is another kind of file
+        raise CheckpointError(f"{path} is not {what}: it is not a file written by torch.save (no zip archive)")
+    try:
         with torch.serialization.safe_globals(_numpy_rng_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, **({"mmap": True} if mmap else {}))
     except pickle.UnpicklingError as e:

@@ -217,3 +217,13 @@ def test_a_checkpoint_from_before_a_recipe_field_existed_still_resumes(mnist_dir
     assert at.load_run(out).epoch == 2
     assert _train(mnist_dir, out, "--resume", *before, "--replay", "2") == 2  # a real difference is still refused
     assert _train(mnist_dir, out, "--resume") == 2  # so is today's default (consistency 20) against the stored 0
+
+
+def test_a_file_that_torch_save_did_not_write_is_named_as_such(tmp_path):
+    text, empty = tmp_path / "notes.txt", tmp_path / "empty.pt"
+    text.write_text("hello")
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="it is not a file written by torch.save"):
+        load_checkpoint(text, fallback=False)
+    with pytest.raises(CheckpointError, match=r"empty\.pt is empty \(truncated or corrupt\)"):
+        load_checkpoint(empty, fallback=False)
