@@ -35,6 +35,7 @@ from adv_transport.checkpoint import Run, atomic_save, atomic_write_text, load_r
 from adv_transport.data import DATASETS
 from adv_transport.errors import ConfigError
 from adv_transport.models import wrn_depth_width
+from adv_transport.plugins import quiet_host_import
 from adv_transport.threat import HOST_NORMS, canonical_norm, host_norm
 
 from .autoattack import autoattack_flags, make_autoattack
@@ -177,11 +178,12 @@ def install_autoattack_compat() -> bool:
 
 
 install_autoattack_compat()
-import robustbench  # noqa: E402  (needs the module above)
-from robustbench.eval import benchmark  # noqa: E402
-from robustbench.model_zoo import model_dicts  # noqa: E402
-from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel  # noqa: E402
-from robustbench.utils import load_model  # noqa: E402
+with quiet_host_import():
+    import robustbench  # noqa: E402  (needs the module above)
+    from robustbench.eval import benchmark  # noqa: E402
+    from robustbench.model_zoo import model_dicts  # noqa: E402
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel  # noqa: E402
+    from robustbench.utils import load_model  # noqa: E402
 
 __all__ = [
     "AutoAttack",

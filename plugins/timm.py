@@ -5,10 +5,13 @@ Used by :func:`adv_transport.models.build_model` for names ``timm:<name>``.
 
 from __future__ import annotations
 
-import timm
 import torch.nn as nn
 
 from adv_transport.errors import ConfigError
+from adv_transport.plugins import quiet_host_import
+
+with quiet_host_import():
+    import timm
 
 
 def check_model_name(name: str) -> None:

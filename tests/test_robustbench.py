@@ -358,3 +358,13 @@ def test_corrupt_autoattack_state_file_is_a_one_line_error(tmp_path):
     state.write_text('{"attacks_to_run": ["apgd-ce"], "robust')  # cut short
     with pytest.raises(ConfigError, match="aa_state.json is not an AutoAttack state file"):
         rb.EvaluationState.from_disk(state)
+
+
+def test_host_imports_do_not_print_the_hosts_own_deprecation_noise():
+    """robustbench's and timm's imports warn about their own code (pkg_resources, torch.jit.interface) on every run;
+    our plugins silence exactly those two around the import (a fresh interpreter, every warning shown)."""
+    code = "import adv_transport.plugins.robustbench, adv_transport.plugins.timm, warnings; warnings.warn('ours')"
+    run = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, check=True)
+    err = run.stderr
+    assert "pkg_resources is deprecated" not in err and "torch.jit.interface" not in err
+    assert "UserWarning: ours" in err  # every other warning still shows
