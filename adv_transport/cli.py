@@ -129,6 +129,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (a folder "
                    "without one: a new run starts, and says so)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
+    p.add_argument("--checkpoint-epochs", type=int, default=1, help="checkpoint at the end of every N epochs and of "
+                   "the last (default 1; larger saves the time of writing a large bank every epoch)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars: one plain line per epoch instead")
     add_runtime_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
@@ -193,6 +195,7 @@ def check_train_args(args) -> None:
     if args.train_subset is not None:
         _count(args.train_subset, "train-subset")
     _count(args.checkpoint_every, "checkpoint-every", least=0)
+    _count(getattr(args, "checkpoint_epochs", 1), "checkpoint-epochs")
     if args.out:
         _out_folder(Path(args.out))
     _device(args.device)
@@ -280,6 +283,7 @@ def _run_train(args, r, threat, runtime) -> Trainer:
         eval_n=args.eval_n,
         run_dir=out,
         checkpoint_every=args.checkpoint_every,
+        checkpoint_epochs=getattr(args, "checkpoint_epochs", 1),
         progress=not args.no_progress,
         config=config,
         runtime=runtime,

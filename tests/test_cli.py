@@ -110,6 +110,7 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--eval-n", "0"], "--eval-n 0 is not accepted; accepted: an integer >= 1"),
         (["--train-subset", "0"], "--train-subset 0 is not accepted"),
         (["--checkpoint-every", "-1"], "--checkpoint-every -1 is not accepted; accepted: an integer >= 0"),
+        (["--checkpoint-epochs", "0"], "--checkpoint-epochs 0 is not accepted; accepted: an integer >= 1"),
         (["--device", "foo"], "--device 'foo' is not a device; accepted: auto, cpu, cuda, cuda:<index>"),
     ],
 )

@@ -8,6 +8,7 @@ from adv_transport import (
     PGD,
     AdversarialBank,
     BankMismatchError,
+    Clean,
     ConfigError,
     DataRangeError,
     EmptyLoaderError,
@@ -92,6 +93,33 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     assert strip(full.history) == strip(resumed.history)
     logged = [json.loads(line) for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in logged] == [1, 2, 3]
+
+
+def test_checkpoint_epochs_saves_every_nth_epoch_and_the_last_and_a_resume_redoes_the_rest(tmp_path):
+    full, batches = make_trainer(tmp_path / "full")
+    full.fit(batches, epochs=5)
+
+    sparse, batches = make_trainer(tmp_path / "sparse")
+    sparse.checkpoint_epochs = 2
+    saved = []
+    original = sparse.save_checkpoint
+    sparse.save_checkpoint = lambda: saved.append(sparse.epoch) or original()
+    fit_until_killed(sparse, batches, 5, at_step=19)  # 5 steps per epoch: killed in epoch 4, after epoch 2's save
+    assert saved == [2]
+    resumed, batches = make_trainer(tmp_path / "sparse")
+    assert resumed.resume() and resumed.epoch == 2  # epoch 3 is redone from epoch 2's checkpoint
+    resumed.checkpoint_epochs = 2
+    saved.clear()
+    original = resumed.save_checkpoint
+    resumed.save_checkpoint = lambda: saved.append(resumed.epoch) or original()
+    resumed.fit(batches, epochs=5)
+    assert saved == [4, 5]  # every second epoch, and the last
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    logged = [json.loads(line) for line in (tmp_path / "sparse" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2, 3, 4, 5]  # epoch 3's line once, from the rerun
+    with pytest.raises(ConfigError, match="checkpoint_epochs must be an integer >= 1"):
+        Trainer(TinyCNN(), torch.optim.SGD(TinyCNN().parameters(), lr=0.1), Clean(), checkpoint_epochs=0)
 
 
 def test_counts_input_and_parameter_gradient_evaluations():
