@@ -150,8 +150,10 @@ def safe_load(path: str | os.PathLike, what: str, map_location: str | torch.devi
         raise CheckpointError(f"{path} cannot be read as {what} ({e.strerror or type(e).__name__})") from None
     if not head:
         raise CheckpointError(f"{path} is empty (truncated or corrupt), not {what}")
-    if head != b"PK\x03\x04":  # torch.save writes a zip archive; anything else is another kind of file
-        raise CheckpointError(f"{path} is not {what}: it is not a file written by torch.save (no zip archive)")
+    # torch.save writes a zip archive (before torch 1.6, or with _use_new_zipfile_serialization=False, a pickle,
+    # which starts with 0x80); anything else is another kind of file
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        raise CheckpointError(f"{path} is not {what}: it is not a file written by torch.save")
     try:
         with torch.serialization.safe_globals(_numpy_rng_globals()):
             return torch.load(path, map_location=map_location, weights_only=True, **({"mmap": True} if mmap else {}))

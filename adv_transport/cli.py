@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import typing
@@ -130,7 +131,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "without one: a new run starts, and says so)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps")
     p.add_argument("--checkpoint-epochs", type=int, default=1, help="checkpoint at the end of every N epochs and of "
-                   "the last (default 1; larger saves the time of writing a large bank every epoch)")
+                   "the last (default 1; larger saves the time of writing a large in-memory bank every epoch; a "
+                   "--bank-path bank is not written into checkpoints, so it gains nothing there)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars: one plain line per epoch instead")
     add_runtime_args(p)  # many GPUs (torchrun) and the fast GPU path: adv_transport.distributed
@@ -196,6 +198,8 @@ def check_train_args(args) -> None:
         _count(args.train_subset, "train-subset")
     _count(args.checkpoint_every, "checkpoint-every", least=0)
     _count(getattr(args, "checkpoint_epochs", 1), "checkpoint-epochs")
+    if getattr(args, "sync_every", None) is not None:  # 0 would otherwise read as "not given"
+        _count(args.sync_every, "sync-every")
     if args.out:
         _out_folder(Path(args.out))
     _device(args.device)
@@ -248,7 +252,8 @@ def _run_train(args, r, threat, runtime) -> Trainer:
             runtime.barrier()
         if note:
             say(f"adv-transport train: {note}")
-        # its config only: mapped, not read (the bank, gigabytes at scale, is read once, by Trainer.resume)
+        # its config only: mapped, not read (recover_checkpoint above has read the file through to check it;
+        # Trainer.resume reads it to load it)
         stored = load_checkpoint(ckpt, fallback=False, mmap=True).get("config", {})
         keys = ("seed", "train_subset") + (("image_size",) if "image_size" in stored else ())
         differ = settings_differ(
@@ -260,14 +265,14 @@ def _run_train(args, r, threat, runtime) -> Trainer:
         if differ:
             raise ConfigError(differ)
     else:
-        if args.resume and not getattr(args, "demo", False):  # a job that always passes --resume, or a typo in --out
-            say(f"adv-transport train: --resume: {out} holds no checkpoint; starting a new run there")
         banked = runtime is not None and runtime.bank_path and r.method in ("atl", "free-atl", "atta")
         if banked and Path(runtime.bank_file()).exists():
             raise ConfigError(
                 f"the bank file {runtime.bank_file()} already exists and {out} holds no checkpoint to resume: remove "
                 "it or choose another --bank-path (nothing was overwritten)"
             )
+        if args.resume and not getattr(args, "demo", False):  # a job that always passes --resume, or a typo in --out
+            say(f"adv-transport train: --resume: {out} holds no checkpoint; starting a new run there")
     size = image_size if is_streamed(r.dataset) else None
     workers = getattr(args, "workers", None)
     train = load_dataset(r.dataset, "train", args.data_dir, image_size=size, num_workers=workers)
@@ -349,7 +354,10 @@ def run_eval(args) -> dict:
         state_path=folder / "eval.state.pt",
     )
     (folder / "eval.state.pt").unlink(missing_ok=True)  # finished: the next eval starts afresh
+    from .eval.robustness import model_fingerprint
+
     report.update(
+        model_fingerprint=model_fingerprint(model),  # which weights: report_stem tells a stale eval.json by it
         model=r["model"],
         dataset=dataset,
         checkpoint=str(args.checkpoint),
@@ -365,23 +373,50 @@ def run_eval(args) -> dict:
     return report
 
 
+def _free_stem(folder: Path, base: str) -> Path:
+    """``folder / base``, or ``base-2``, ``base-3``, ... when a report of that name is already there."""
+    stem, k = folder / base, 1
+    while stem.with_name(stem.name + ".json").exists() or stem.with_name(stem.name + ".md").exists():
+        k += 1
+        stem = folder / f"{base}-{k}"
+    return stem
+
+
 def report_stem(folder: Path, report: dict) -> Path:
     """Where an evaluation's report goes: ``eval`` (``eval.json``, which ``load_run`` and ``submit`` read), unless the
-    ``eval.json`` already there covers more test points or attacks than this one (a quick check after a full
-    evaluation): then ``eval-n<N>-<attacks>``, and the fuller report stays."""
+    ``eval.json`` already there is of the same weights and threat and covers more (at least as many test points and
+    every attack of this one; a quick check after the full evaluation): then ``eval-n<N>-<attacks>``, and the fuller
+    report stays. An ``eval.json`` this one replaces (other weights, another threat, or one that does not cover this
+    one) is moved aside to ``eval-n<N>-<attacks>`` with its own numbers, not overwritten."""
     stored_path = folder / "eval.json"
-    if stored_path.is_file():
-        try:
-            stored = json.loads(stored_path.read_text())
-        except (OSError, ValueError):
-            stored = {}
-        covers = report["n_examples"] >= int(stored.get("n_examples") or 0) and set(report["attacks"]) >= set(
-            stored.get("attacks") or ())
-        if not covers:
-            stem = folder / f"eval-n{report['n_examples']}-{'+'.join(report['attacks'])}"
-            print(f"{stored_path} covers more test points or attacks than this evaluation and is kept; this one goes "
-                  f"to {stem.name}.json", file=sys.stderr)
+    if not stored_path.is_file():
+        return folder / "eval"
+    try:
+        stored = json.loads(stored_path.read_text())
+    except (OSError, ValueError):
+        stored = None
+    n, attacks = report["n_examples"], list(report["attacks"])
+    valid = (isinstance(stored, dict) and isinstance(stored.get("n_examples"), int)
+             and isinstance(stored.get("attacks"), list))
+    same_threat = valid and all(stored.get(k) == report.get(k) for k in ("model_fingerprint", "eps", "norm"))
+    if valid and same_threat:
+        covers = stored["n_examples"] >= n and set(stored["attacks"]) >= set(attacks)
+        if (stored["n_examples"], set(stored["attacks"])) == (n, set(attacks)):
+            return folder / "eval"  # the same evaluation again: it replaces itself
+        if covers:
+            stem = _free_stem(folder, f"eval-n{n}-{'+'.join(attacks)}")
+            kept = f"the same weights, {stored['n_examples']} test points, {', '.join(stored['attacks'])}"
+            print(f"{stored_path} ({kept}) covers this evaluation and is kept; this one goes to {stem.name}.json",
+                  file=sys.stderr)
             return stem
+    base = f"eval-n{stored['n_examples']}-{'+'.join(stored['attacks'])}" if valid else "eval-unreadable"
+    aside = _free_stem(folder, base)
+    for suffix in (".json", ".md"):
+        old = folder / f"eval{suffix}"
+        if old.is_file():
+            os.replace(old, aside.with_name(aside.name + suffix))
+    why = "other weights or another threat" if valid and not same_threat else "a report this one does not cover"
+    print(f"moved the earlier {stored_path.name} ({why}) to {aside.name}.json", file=sys.stderr)
     return folder / "eval"
 
 

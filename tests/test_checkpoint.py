@@ -227,3 +227,7 @@ def test_a_file_that_torch_save_did_not_write_is_named_as_such(tmp_path):
         load_checkpoint(text, fallback=False)
     with pytest.raises(CheckpointError, match=r"empty\.pt is empty \(truncated or corrupt\)"):
         load_checkpoint(empty, fallback=False)
+    # torch's older pickle format (torch < 1.6, or _use_new_zipfile_serialization=False) still reads
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {}}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(legacy, fallback=False)["model"]["w"], torch.ones(2))

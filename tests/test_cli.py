@@ -111,6 +111,7 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--train-subset", "0"], "--train-subset 0 is not accepted"),
         (["--checkpoint-every", "-1"], "--checkpoint-every -1 is not accepted; accepted: an integer >= 0"),
         (["--checkpoint-epochs", "0"], "--checkpoint-epochs 0 is not accepted; accepted: an integer >= 1"),
+        (["--sync-every", "0"], "--sync-every 0 is not accepted; accepted: an integer >= 1"),
         (["--device", "foo"], "--device 'foo' is not a device; accepted: auto, cpu, cuda, cuda:<index>"),
     ],
 )
@@ -235,9 +236,32 @@ def test_eval_refuses_bad_settings_and_keeps_a_fuller_report(mnist_dir, tmp_path
     assert main(base + ["--n-examples", "6", "--attacks", "clean,pgd"]) == 0
     assert (out / "eval.json").read_text() == full
     assert json.loads((out / "eval-n6-clean+pgd.json").read_text())["n_examples"] == 6
-    # one with as many points and more attacks replaces it
+    # one with as many points and more attacks replaces it; the one it replaces is moved aside, not lost
     assert main(base + ["--n-examples", "12", "--attacks", "clean,fgsm,pgd"]) == 0
     assert json.loads((out / "eval.json").read_text())["attacks"] == ["clean", "fgsm", "pgd"]
+    assert (out / "eval-n12-clean+pgd.json").read_text() == full
+    # neither covers the other (more points, fewer attacks): the new one is eval.json, the old one moved aside
+    assert main(base + ["--n-examples", "16", "--attacks", "clean,pgd"]) == 0
+    assert json.loads((out / "eval.json").read_text())["n_examples"] == 16
+    assert json.loads((out / "eval-n12-clean+fgsm+pgd.json").read_text())["attacks"] == ["clean", "fgsm", "pgd"]
+    # a report of other weights (a retrained model) never holds its place, whatever it covers
+    stale = json.loads((out / "eval.json").read_text()) | {"model_fingerprint": "other weights", "n_examples": 500}
+    (out / "eval.json").write_text(json.dumps(stale))
+    capsys.readouterr()
+    assert main(base + ["--n-examples", "8", "--attacks", "clean,pgd"]) == 0
+    assert json.loads((out / "eval.json").read_text())["n_examples"] == 8
+    assert json.loads((out / "eval-n500-clean+pgd.json").read_text())["model_fingerprint"] == "other weights"
+    assert "moved the earlier eval.json (other weights or another threat)" in capsys.readouterr().err
+
+
+def test_checkpoint_epochs_reaches_the_trainer(mnist_dir, tmp_path, monkeypatch):
+    from adv_transport.trainer import Trainer
+
+    saved = []
+    original = Trainer.save_checkpoint
+    monkeypatch.setattr(Trainer, "save_checkpoint", lambda self: saved.append(self.epoch) or original(self))
+    assert _train(mnist_dir, tmp_path / "run", "--epochs", "3", "--checkpoint-epochs", "2") == 0
+    assert saved == [2, 3]
 
 
 def test_demo_refuses_unknown_attacks_before_training(tmp_path, capsys):
