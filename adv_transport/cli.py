@@ -168,6 +168,8 @@ def check_recipe(r) -> None:
     need(finite(r.ema_decay) and 0 <= r.ema_decay < 1, "ema-decay", r.ema_decay,
          "accepted: a number in [0, 1); 0 turns weight averaging off")
     need(finite(r.pct_start) and 0 < r.pct_start < 1, "pct-start", r.pct_start, "accepted: a number in (0, 1)")
+    need(r.copy_select == "random" or r.copies >= 2, "copy-select", r.copy_select,
+         f"it chooses among an example's chains: it needs --copies >= 2 (this recipe has {r.copies})")
     for flag in ("label_smoothing", "chain_momentum"):
         v = getattr(r, flag)
         need(finite(v) and 0 <= v < 1, flag.replace("_", "-"), v, "accepted: a number in [0, 1); 0 turns it off")

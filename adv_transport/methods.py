@@ -204,6 +204,7 @@ class NFGSM(_Attacked):
 
 
 CHAIN_TARGETS = ("ce", "kl")  # the loss whose input gradient drives ATL's chain
+COPY_SELECTS = ("random", "max-loss")  # which of an example's K chains a visit moves
 
 
 def _anchored_gradient(
@@ -291,6 +292,10 @@ class ATL(_Stored, InnerStep):
         chain_target: the loss whose input gradient drives the chain: ``ce`` (the cross-entropy of the label, the
             entropic worst case's energy) or ``kl``, TRADES's inner loss ``KL(f(x) || f(x + delta))`` against the
             clean output (one more forward pass per visit, on the clean batch, without gradient).
+        copy_select: which of an example's K chains (bank copies, K > 1) a visit moves and trains on: ``random`` (one
+            drawn uniformly, the authors' choice) or ``max-loss``, the one whose stored sample has the highest
+            cross-entropy under the current model (K forward passes per visit, without gradient): of K samples of the
+            entropic worst case, the most adversarial now, a greedy resampling of the chains. Single-process only.
     """
 
     name = "atl"
@@ -306,6 +311,7 @@ class ATL(_Stored, InnerStep):
         consistency_detached: bool = False,
         chain_momentum: float = 0.0,
         chain_target: str = "ce",
+        copy_select: str = "random",
     ):
         if not (math.isfinite(consistency) and consistency >= 0):
             raise ConfigError(f"consistency must be a finite number >= 0, got {consistency!r}")
@@ -313,6 +319,14 @@ class ATL(_Stored, InnerStep):
             raise ConfigError(f"chain_momentum (the velocity's decay) must be in [0, 1), got {chain_momentum!r}")
         if chain_target not in CHAIN_TARGETS:
             raise ConfigError(f"chain_target {chain_target!r} is not accepted; accepted: {', '.join(CHAIN_TARGETS)}")
+        if copy_select not in COPY_SELECTS:
+            raise ConfigError(f"copy_select {copy_select!r} is not accepted; accepted: {', '.join(COPY_SELECTS)}")
+        if copy_select != "random" and bank.copies < 2:
+            raise ConfigError(f"copy_select {copy_select!r} chooses among an example's chains: it needs a bank with "
+                              f"copies >= 2, got {bank.copies}")
+        if copy_select != "random" and getattr(bank, "world_size", 1) != 1:
+            raise ConfigError(f"copy_select {copy_select!r} reads every copy of a single-process bank; this bank is "
+                              f"one shard of {bank.world_size}")
         if chain_momentum > 0 and bank.copies != 1:
             raise ConfigError(f"chain momentum keeps one velocity per example: it needs a bank with 1 copy, got "
                               f"{bank.copies} (set the recipe's copies to 1; ATL's CIFAR-10 default has 2)")
@@ -334,7 +348,9 @@ class ATL(_Stored, InnerStep):
         self.extra_param_passes = 1 if self.consistency > 0 and not self.consistency_detached else 0
         self.chain_momentum = float(chain_momentum)
         self.chain_target = chain_target
-        self.extra_forward_passes = 1 if chain_target == "kl" else 0  # the clean output the KL is taken to
+        self.copy_select = copy_select
+        # the clean output the KL is taken to; the K stored samples a max-loss visit chooses among
+        self.extra_forward_passes = (1 if chain_target == "kl" else 0) + (bank.copies if copy_select != "random" else 0)
         # the velocities of a momentum chain, on the bank's device; None without momentum
         self.velocity = (torch.zeros((bank.num_examples,) + tuple(bank.shape), device=bank.storage.device)
                          if self.chain_momentum > 0 else None)
@@ -359,13 +375,34 @@ class ATL(_Stored, InnerStep):
             start = visit.uniform_start(self.bank.threat, x, copy, self.bank.copies)
         return self.bank.read(idx, x, copy=copy, start=start), visit.langevin()
 
+    def _read_max_loss(self, model, idx, x, y, threat):
+        """Every copy of the batch's chains, and per example the one of highest cross-entropy under ``model`` now."""
+        if getattr(self, "visit", None) is not None:
+            raise ConfigError("copy_select 'max-loss' is single-process only: a keyed (distributed) visit draws the "
+                              "copy from the example's key")
+        n = idx.numel()
+        deltas, losses = [], []
+        with torch.no_grad(), model_mode(model, self.sampler.model_mode):
+            for k in range(self.bank.copies):
+                d, _ = self.bank.read(idx, x, copy=torch.full((n,), k, dtype=torch.long))
+                if threat is not self.threat:
+                    d = threat.delta_to(x, x + d)
+                deltas.append(d)
+                losses.append(F.cross_entropy(model(x + d).float(), y, reduction="none"))
+        best = torch.stack(losses).argmax(0)
+        delta = torch.stack(deltas)[best, torch.arange(n, device=best.device)]
+        return delta, best
+
     def perturb(self, model, x, y, idx, t):
         self._maybe_reset(t)
-        (delta, copy), noise = self._read(idx, x)
         threat = warmed_up(self.threat, t, self.eps_ramp)
-        if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
-            delta = threat.delta_to(x, x + delta)
         x = x.detach()
+        if self.copy_select == "max-loss":
+            (delta, copy), noise = self._read_max_loss(model, idx, x, y, threat), None
+        else:
+            (delta, copy), noise = self._read(idx, x)
+            if threat is not self.threat:  # during the warm-up: the smaller ball, the step scaled with eps
+                delta = threat.delta_to(x, x + delta)
         velocity = None if self.velocity is None else self.velocity[idx.to(self.velocity.device)].to(x.device)
         # the sampler's steps, each gradient taken here: the logits at the stored sample (with their graph) come from
         # the first step, the velocity and the KL target change the gradient the drift follows
@@ -401,14 +438,14 @@ class ATL(_Stored, InnerStep):
 
     def state_dict(self):
         state = {"bank": self.bank.state_dict(), "cycle": self._cycle, "chain_target": self.chain_target,
-                 "chain_momentum": self.chain_momentum}
+                 "chain_momentum": self.chain_momentum, "copy_select": self.copy_select}
         if self.velocity is not None:
             state["velocity"] = self.velocity.clone()
         return state
 
     def load_state_dict(self, state):
         # the chain's settings must be the checkpoint's (states saved before they were stored are not checked)
-        for key in ("chain_target", "chain_momentum"):
+        for key in ("chain_target", "chain_momentum", "copy_select"):
             if key in state and state[key] != getattr(self, key):
                 raise ConfigError(f"the checkpoint's chain has {key} {state[key]!r}, this run {getattr(self, key)!r}: "
                                   f"resume with the checkpoint's setting (--{key.replace('_', '-')} {state[key]})")
@@ -444,6 +481,7 @@ class ATL(_Stored, InnerStep):
             "consistency_detached": self.consistency_detached,
             "chain_momentum": self.chain_momentum,
             "chain_target": self.chain_target,
+            "copy_select": self.copy_select,
             "bank": self.bank.metadata(),
             "bank_bytes": self.bank.memory_bytes,
         }

@@ -16,7 +16,7 @@ from typing import Any
 from .bank import DTYPES, INITS
 from .errors import ConfigError
 from .langevin import NOISES
-from .methods import CHAIN_TARGETS
+from .methods import CHAIN_TARGETS, COPY_SELECTS
 from .modes import MODEL_MODES
 from .threat import NORMS
 from .trainer import LOSSES, SELECTIONS
@@ -94,6 +94,8 @@ class Recipe:
     chain_momentum: float = _setting(0.0, "ATL: decay of a per-example velocity in the chain (0 = off)")
     chain_target: str = _setting("ce", "ATL: the chain's loss: ce, or kl (TRADES's KL to the clean output)",
                                  CHAIN_TARGETS)
+    copy_select: str = _setting("random", "ATL with copies > 1: which chain a visit moves: random, or max-loss (the "
+                                "one of highest loss now; K forward passes per visit)", COPY_SELECTS)
     # tricks available to every method (all off by default)
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss")
     loss: str = _setting("ce", "ce, or trades: clean CE + trades_beta * KL(clean || adversarial)", LOSSES)
@@ -162,6 +164,8 @@ class Recipe:
                 out.append(f"K {self.copies} chains")
             if self.chain_target != "ce":
                 out.append(f"{self.chain_target.upper()} chain target")
+            if self.copy_select != "random":
+                out.append(f"{self.copy_select} copy")
             if self.chain_momentum > 0:
                 out.append(f"chain momentum {self.chain_momentum:g}")
         return out

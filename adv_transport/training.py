@@ -27,8 +27,8 @@ def build_method(
     if r.consistency_detached and not (r.method == "atl" and r.consistency > 0):
         raise ConfigError("consistency_detached changes ATL's consistency term: it needs method 'atl' and "
                           f"consistency > 0, got method {r.method!r}, consistency {r.consistency!r}")
-    if (r.chain_momentum or r.chain_target != "ce") and r.method != "atl":
-        raise ConfigError(f"chain_momentum and chain_target change ATL's chain; {r.method!r} has none")
+    if (r.chain_momentum or r.chain_target != "ce" or r.copy_select != "random") and r.method != "atl":
+        raise ConfigError(f"chain_momentum, chain_target and copy_select change ATL's chain; {r.method!r} has none")
     if r.chain_momentum and make_bank is not AdversarialBank:
         raise ConfigError("chain momentum keeps its velocities beside a single-process bank: a Runtime's sharded "
                           "bank (distributed or GPU runs) does not support it yet")
@@ -62,7 +62,7 @@ def build_method(
             return FreeATL(bank, sampler, r.eps_ramp, r.reset_every or 0)
         return ATL(bank, sampler, r.eps_ramp, r.reset_every or 0, consistency=r.consistency,
                    consistency_detached=r.consistency_detached, chain_momentum=r.chain_momentum,
-                   chain_target=r.chain_target)
+                   chain_target=r.chain_target, copy_select=r.copy_select)
     raise ConfigError(f"unknown method {r.method!r}; accepted: {', '.join(METHODS)}")
 
 

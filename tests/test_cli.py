@@ -112,6 +112,7 @@ def test_demo_trains_evaluates_and_plots(mnist_dir, tmp_path):
         (["--checkpoint-every", "-1"], "--checkpoint-every -1 is not accepted; accepted: an integer >= 0"),
         (["--checkpoint-epochs", "0"], "--checkpoint-epochs 0 is not accepted; accepted: an integer >= 1"),
         (["--sync-every", "0"], "--sync-every 0 is not accepted; accepted: an integer >= 1"),
+        (["--copy-select", "max-loss"], "--copy-select 'max-loss' is not accepted; it chooses among an example's"),
         (["--device", "foo"], "--device 'foo' is not a device; accepted: auto, cpu, cuda, cuda:<index>"),
     ],
 )

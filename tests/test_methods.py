@@ -68,3 +68,41 @@ def test_atl_rejects_bank_and_sampler_with_different_threats():
 
     with pytest.raises(ConfigError, match="differ"):
         ATL(AdversarialBank(2, (1, 2, 2), ThreatModel("linf", 0.3)), LangevinSampler(ThreatModel("linf", 0.1)))
+
+
+def test_atl_max_loss_copy_moves_the_chain_of_highest_loss_now():
+    """copy_select='max-loss': per example, the stored sample (of K) with the highest cross-entropy under the model
+    is the one moved, trained on and written back; the K forward passes are counted."""
+    import torch.nn.functional as F
+
+    from adv_transport import ConfigError
+
+    from conftest import TinyCNN, synthetic_dataset
+
+    torch.manual_seed(0)
+    data = synthetic_dataset(16)
+    threat = ThreatModel("linf", 0.1)
+    x, y, idx = data.images[:12], data.labels[:12], torch.arange(12)
+    bank = AdversarialBank(len(data), data.shape, threat, copies=2, init="zero")
+    g = torch.Generator().manual_seed(1)
+    for k in range(2):  # two distinct stored samples per example
+        bank.write(idx, torch.full((12,), k), threat.uniform(x, generator=g), x)
+    model = TinyCNN()
+    with torch.no_grad():
+        losses = torch.stack([F.cross_entropy(model(x + bank.read(idx, x, copy=torch.full((12,), k))[0]), y,
+                                              reduction="none") for k in range(2)])
+    chosen = losses.argmax(0)
+    assert 0 < int(chosen.sum()) < 12  # each copy is the worse one somewhere: a constant choice would fail below
+    sampler = LangevinSampler(threat, eta=0.02, noise_scale=0.0, steps=1)
+    atl = ATL(bank, sampler, copy_select="max-loss")
+    assert atl.extra_forward_passes == 2 and atl.describe()["copy_select"] == "max-loss"
+    before = bank.storage.clone()
+    atl.perturb(model, x, y, idx, t=0.0)
+    atl.commit()
+    changed = (bank.storage[:12] != before[:12]).flatten(2).any(2)  # (example, copy): which copy was written
+    assert torch.equal(changed, torch.nn.functional.one_hot(chosen, 2).bool())
+    for bad, words in (({"copies": 1}, "copies >= 2"),):
+        with pytest.raises(ConfigError, match=words):
+            ATL(AdversarialBank(len(data), data.shape, threat, **bad), sampler, copy_select="max-loss")
+    with pytest.raises(ConfigError, match="copy_select 'best' is not accepted; accepted: random, max-loss"):
+        ATL(bank, sampler, copy_select="best")
