@@ -149,30 +149,28 @@ def make_recipe(args):
 def check_recipe(r) -> None:
     """Refuse settings no run can use (``--epochs 0``, ``--lr nan``, an unknown timm model, ...) with one line each,
     before any data is read."""
-
-    need, finite = _need, _finite
     for flag in ("epochs", "batch_size", "copies", "replay"):
         _count(getattr(r, flag), flag.replace("_", "-"))
-    need(r.reset_every is None or (isinstance(r.reset_every, int) and r.reset_every >= 0), "reset-every",
-         r.reset_every, "accepted: an integer >= 0 (0: never)")
-    need(r.steps is None or r.steps >= 1, "steps", r.steps, "accepted: an integer >= 1")
-    need(finite(r.lr) and r.lr > 0, "lr", r.lr, "accepted: a finite number > 0")
+    _need(r.reset_every is None or (isinstance(r.reset_every, int) and r.reset_every >= 0), "reset-every",
+          r.reset_every, "accepted: an integer >= 0 (0: never)")
+    _need(r.steps is None or r.steps >= 1, "steps", r.steps, "accepted: an integer >= 1")
+    _need(_finite(r.lr) and r.lr > 0, "lr", r.lr, "accepted: a finite number > 0")
     for flag in ("step_size", "eta"):
         v = getattr(r, flag)
-        need(v is None or (finite(v) and v > 0), flag.replace("_", "-"), v, "accepted: a finite number > 0")
+        _need(v is None or (_finite(v) and v > 0), flag.replace("_", "-"), v, "accepted: a finite number > 0")
     for flag in ("weight_decay", "clean_weight", "noise_scale", "eps_ramp", "momentum", "consistency", "trades_beta",
                  "pgi_lam", "pgi_decay"):
         v = getattr(r, flag)
-        need(finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
-    need(finite(r.noise_mult) and r.noise_mult > 0, "noise-mult", r.noise_mult, "accepted: a finite number > 0")
-    need(finite(r.ema_decay) and 0 <= r.ema_decay < 1, "ema-decay", r.ema_decay,
-         "accepted: a number in [0, 1); 0 turns weight averaging off")
-    need(finite(r.pct_start) and 0 < r.pct_start < 1, "pct-start", r.pct_start, "accepted: a number in (0, 1)")
-    need(r.copy_select == "random" or r.copies >= 2, "copy-select", r.copy_select,
-         f"it chooses among an example's chains: it needs --copies >= 2 (this recipe has {r.copies})")
+        _need(_finite(v) and v >= 0, flag.replace("_", "-"), v, "accepted: a finite number >= 0")
+    _need(_finite(r.noise_mult) and r.noise_mult > 0, "noise-mult", r.noise_mult, "accepted: a finite number > 0")
+    _need(_finite(r.ema_decay) and 0 <= r.ema_decay < 1, "ema-decay", r.ema_decay,
+          "accepted: a number in [0, 1); 0 turns weight averaging off")
+    _need(_finite(r.pct_start) and 0 < r.pct_start < 1, "pct-start", r.pct_start, "accepted: a number in (0, 1)")
+    _need(r.copy_select == "random" or r.copies >= 2, "copy-select", r.copy_select,
+          f"it chooses among an example's chains: it needs --copies >= 2 (this recipe has {r.copies})")
     for flag in ("label_smoothing", "chain_momentum"):
         v = getattr(r, flag)
-        need(finite(v) and 0 <= v < 1, flag.replace("_", "-"), v, "accepted: a number in [0, 1); 0 turns it off")
+        _need(_finite(v) and 0 <= v < 1, flag.replace("_", "-"), v, "accepted: a number in [0, 1); 0 turns it off")
     try:
         ThreatModel(r.norm, r.eps)  # eps: finite, > 0, < 1 for l-inf
     except ConfigError as e:
@@ -356,10 +354,7 @@ def run_eval(args) -> dict:
         state_path=folder / "eval.state.pt",
     )
     (folder / "eval.state.pt").unlink(missing_ok=True)  # finished: the next eval starts afresh
-    from .eval.robustness import model_fingerprint
-
     report.update(
-        model_fingerprint=model_fingerprint(model),  # which weights: report_stem tells a stale eval.json by it
         model=r["model"],
         dataset=dataset,
         checkpoint=str(args.checkpoint),

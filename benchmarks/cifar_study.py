@@ -633,15 +633,15 @@ def plot_autoattack(agg: dict, path: Path, title: str) -> None:
         # rows far below the rest (free ATL's 5 % beside 28 %) are marked at the left edge with their value, so that
         # the scale stays readable where the methods are close
         top = max(m["autoattack_acc_mean"] for m in ms.values())
-        shown = [m for m in ms.values() if m["autoattack_acc_mean"] >= top - 10]  # the rest: marked at the edge
-        low = min(v["autoattack_acc"] for m in shown for v in m["seeds"].values()
+        shown = {k for k, m in ms.items() if m["autoattack_acc_mean"] >= top - 10}  # the rest: marked at the edge
+        low = min(v["autoattack_acc"] for k in shown for v in ms[k]["seeds"].values()
                   if v.get("autoattack_acc") is not None) - 1
         ticks = []
         for y, label in enumerate(order):
             m = ms[label]
             per_seed = [v["autoattack_acc"] for v in m["seeds"].values() if v.get("autoattack_acc") is not None]
             color = "C1" if m["method"] == "atl" else ("C3" if m["method"] == "pgd" else "C0")
-            if not any(m is r for r in shown):
+            if label not in shown:
                 ax.annotate(f"< {m['autoattack_acc_mean']:.1f} ± {m['autoattack_acc_std'] or 0:.1f} (off the scale)",
                             (low, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8, color=color)
             else:

@@ -189,6 +189,8 @@ def evaluate(
 
     labels = data.labels[:n]
     report: dict = {"n_examples": n, "eps": threat.eps, "norm": threat.norm, "attacks": attacks, "per_class": {}}
+    if fingerprint is not None:  # which weights were evaluated (the CLI keeps a fuller report of the same weights)
+        report["model_fingerprint"] = fingerprint
     for a in attacks:
         c = state["correct"][a]
         report[f"{a}_acc"] = 100.0 * c.float().mean().item()
